@@ -28,7 +28,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call `write(tmp_path)` to produce the file's content, then publish it atomically at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temp name ends with the target's name, so writers that pick a format by extension (.nii.gz) still work
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{path.name}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
