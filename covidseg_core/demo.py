@@ -44,7 +44,8 @@ def make_demo_volume(seed: int = 0, n_slices: int = 32, size: int = 128):
     for _ in range(5):
         side = rng.choice([-1, 1])
         lesions.append({
-            "z0": rng.integers(infected_run.start, infected_run.stop - 3), "len": rng.integers(3, 9),
+            "z0": rng.integers(infected_run.start, max(infected_run.stop - 3, infected_run.start + 1)),
+            "len": rng.integers(3, 9),
             "cy": 64 * s + rng.uniform(-22, 22) * s, "cx": 64 * s + side * rng.uniform(22, 34) * s,
             "r": rng.uniform(4.5, 9.0) * s, "hu": rng.choice([-450.0, -350.0, 10.0]),
         })
