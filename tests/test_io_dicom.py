@@ -56,8 +56,7 @@ def test_ct3slice_uses_positions_not_thickness(shared_data):
     np.testing.assert_allclose(study.spacing[:2], (0.810547, 0.810547), atol=1e-6)
     assert study.array.min() == -3024                               # padding outside the field of view kept
     assert study.meta["modality"] == "CT" and study.meta["manufacturer"] == "GE MEDICAL SYSTEMS"
-    assert any("non-DICOM" in w for w in study.warnings)            # MANIFEST.md is ignored, and counted
-    assert study.meta["non_dicom_files"] == 1
+    assert study.meta["non_dicom_files"] == 1                         # MANIFEST.md is ignored, and counted
     assert_same_as_sitk(study, folder)
 
 
@@ -217,9 +216,11 @@ def test_single_dicom_file_opens_its_series(tmp_path):
 
 def test_non_dicom_file_among_slices_is_ignored_and_counted(tmp_path):
     write_synthetic_series(tmp_path, 3, series_uid=SERIES_A)
-    (tmp_path / "DICOMDIR.txt").write_text("index")
+    (tmp_path / "notes.txt").write_text("index")
+    (tmp_path / "preview.bin").write_bytes(b"\x89PNG....")
     study = open_study(tmp_path)
-    assert study.n_slices == 3 and study.meta["non_dicom_files"] == 1
+    assert study.n_slices == 3 and study.meta["non_dicom_files"] == 2
+    assert any("ignored 1 non-DICOM file" in w and "preview.bin" in w for w in study.warnings)
 
 
 def test_volume_labels_csv_by_index(tmp_path):
@@ -231,3 +232,11 @@ def test_volume_labels_csv_by_index(tmp_path):
     csv.write_text("file,label\n7,clean\n")
     with pytest.raises(InputError, match="not in"):
         open_study(tmp_path / "ct", labels_csv=csv)
+
+
+def test_labels_csv_inside_dicom_folder_is_found(tmp_path):
+    write_synthetic_series(tmp_path, 3, series_uid=SERIES_A)
+    (tmp_path / "labels.csv").write_text("file,label\n1,infected\n")
+    study = open_study(tmp_path)
+    assert study.meta["labels"]["1"]["label"] == "infected"
+    assert not any("non-DICOM" in w for w in study.warnings)

@@ -133,3 +133,13 @@ def test_study_to_sitk_checks_shape(tmp_path):
     assert study_to_sitk(study, np.zeros(study.shape, np.uint8)).GetSize() == (4, 3, 2)
     with pytest.raises(InputError, match="mask of the wrong size"):
         study_to_sitk(study, np.zeros((2, 4, 3), np.uint8))
+
+
+def test_labels_beside_a_volume_are_found(tmp_path):
+    path = _write(tmp_path / "ct.nii.gz", np.full((3, 4, 5), -1000, np.int16))
+    (tmp_path / "ct.labels.csv").write_text("file,label\n0,clean\n2,infected\n")
+    study = open_study(path)
+    assert study.meta["labels"]["2"]["label"] == "infected"
+    (tmp_path / "ct.labels.csv").write_text("file,label\n9,clean\n")     # slice 9 of 3: not used, only warned
+    study = open_study(path)
+    assert "labels" not in study.meta and any("ct.labels.csv" in w for w in study.warnings)

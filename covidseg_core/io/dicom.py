@@ -31,6 +31,7 @@ AXIAL_MIN_COSINE = 0.7         # slice normal within ~45 degrees of the patient'
 TILT_MAX_DEGREES = 0.5         # angle between the stacking direction and the slice normal before we warn
 GAP_FACTOR = 1.5               # a step this many times the median step means missing slices
 HINT_SERIES = "choose another with --series UID"
+COMPANION_SUFFIXES = {".csv", ".md", ".txt", ".json", ".xml", ".html", ".pdf"}
 
 
 @dataclass
@@ -296,9 +297,7 @@ def _read_slices(headers: list[_Header], warnings: list[str]) -> list[_Slice]:
             ds = pydicom.dcmread(h.path, force=(sniff_dicom(h.path) == "raw"))
             slices.append(_Slice(h.path, ds, _to_hu(ds)))
         except READ_ERRORS as exc:
-            msg = f"skipped {h.path.name}: its pixel data cannot be read ({exc})"
-            log.warning("%s (%s)", msg, h.path)
-            warnings.append(msg)
+            warnings.append(f"skipped {h.path.name}: its pixel data cannot be read ({exc})")
     return slices
 
 
@@ -366,13 +365,16 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, scan: F
     chosen = _choose_series(scan, infos, series_uid)
     warnings: list[str] = list(scan.unreadable)
     if len(infos) > 1:
+        rest = [s for s in infos if s is not chosen]
         others = "; ".join(f"{s.uid} ({s.description or s.modality}, {s.n_files} files"
-                           f"{', scout: ' + s.localizer_reason if s.is_localizer else ''})"
-                           for s in infos if s is not chosen)
+                           f"{', scout: ' + s.localizer_reason if s.is_localizer else ''})" for s in rest[:5])
+        others += f"; ... {len(rest) - 5} more" if len(rest) > 5 else ""
         warnings.append(f"folder holds {len(infos)} series; using {chosen.uid} "
                         f"'{chosen.description}' ({chosen.n_files} slices); {HINT_SERIES} (others: {others})")
-    if scan.non_dicom:
-        warnings.append(f"ignored {len(scan.non_dicom)} non-DICOM file(s) (e.g. {scan.non_dicom[0].name})")
+    # notes and label files beside the slices are expected; anything else may be a slice we cannot read
+    odd = [p for p in scan.non_dicom if p.suffix.lower() not in COMPANION_SUFFIXES]
+    if odd:
+        warnings.append(f"ignored {len(odd)} non-DICOM file(s) (e.g. {odd[0].name})")
 
     headers = scan.series[chosen.uid]
     scouts = [h for h in headers if _scout_reason(h.ds)]
@@ -429,7 +431,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, scan: F
     meta = _meta(first, chosen)
     meta["non_dicom_files"] = len(scan.non_dicom)
     for w in warnings:
-        log.warning("%s: %s", folder, w)
+        if w not in scan.unreadable:          # scan_folder logged those already
+            log.warning("%s: %s", folder, w)
     return Study(array=volume, spacing=(dx, dy, float(dz)), origin=tuple(origin),
                  direction=tuple(direction.reshape(-1)), slice_ids=slice_ids, is_hu=True, source=str(folder),
                  kind="dicom", warnings=warnings, meta=meta)

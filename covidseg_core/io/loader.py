@@ -56,7 +56,8 @@ def detect_kind(path: str | Path) -> str:
 
 def open_study(path: str | Path, labels_csv: str | Path | None = None, series_uid: str | None = None) -> Study:
     """Read a study. `labels_csv` (file,label) keys slices by file name for image folders; for DICOM/NIfTI by
-    slice index (0 = first slice in the volume's order) or slice id (SOPInstanceUID)."""
+    slice index (0 = first slice in the volume's order) or slice id (SOPInstanceUID). Without it, a labels.csv
+    in the image or DICOM folder, or `<name>.labels.csv` / `labels.csv` beside a volume file, is used."""
     return _open(Path(path), labels_csv, series_uid)[0]
 
 
@@ -77,7 +78,29 @@ def _open(path: Path, labels_csv, series_uid) -> tuple[Study, dicom.FolderScan |
         study = dicom.read_dicom_series(folder, series_uid=uid, scan=scan)
     if labels_csv is not None:
         _attach_volume_labels(study, Path(labels_csv))
+    else:
+        _attach_found_labels(study, path, kind)
     return study, scan
+
+
+def _volume_labels_candidates(path: Path, kind: str) -> list[Path]:
+    if kind == "nifti":
+        stem = path.name[: -len(nifti.volume_suffix(path))]
+        return [path.with_name(f"{stem}.labels.csv"), path.parent / "labels.csv"]
+    folder = path.parent if kind == "dicom-file" else path
+    return [folder / "labels.csv"]
+
+
+def _attach_found_labels(study: Study, path: Path, kind: str) -> None:
+    """A labels CSV lying with a volume is used like an image folder's labels.csv; a wrong one is only warned
+    about, since the user did not ask for it."""
+    csv_path = next((p for p in _volume_labels_candidates(path, kind) if p.is_file()), None)
+    if csv_path is None:
+        return
+    try:
+        _attach_volume_labels(study, csv_path)
+    except LabelError as exc:
+        study.warnings.append(f"labels file {csv_path.name} next to the study was not used: {exc.message}")
 
 
 def _series_of(path: Path) -> str | None:
