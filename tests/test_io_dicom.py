@@ -240,3 +240,21 @@ def test_labels_csv_inside_dicom_folder_is_found(tmp_path):
     study = open_study(tmp_path)
     assert study.meta["labels"]["1"]["label"] == "infected"
     assert not any("non-DICOM" in w for w in study.warnings)
+
+
+def test_synthetic_tilt_gap_and_uneven_steps_are_warned(tmp_path):
+    c, s = np.cos(np.radians(15)), np.sin(np.radians(15))
+    write_synthetic_series(tmp_path / "tilt", 4, series_uid=SERIES_A, orientation=(1, 0, 0, 0, c, -s))
+    tilted = read_dicom_series(tmp_path / "tilt")
+    assert any("gantry tilt" in w and "15.0 deg" in w for w in tilted.warnings)
+    np.testing.assert_allclose(tilted.direction_matrix()[:, 2], (0, s, c), atol=1e-6)
+    assert tilted.spacing[2] == pytest.approx(2.5 * c, abs=1e-4)    # distance between the slice planes
+
+    px = np.zeros((4, 4), np.uint16)
+    for i, z in enumerate([0.0, 2.0, 4.0, 6.5, 8.5, 40.0]):
+        write_synthetic_dicom(tmp_path / "gap" / f"{i}.dcm", px, series_uid=SERIES_B, position=(0, 0, z))
+    gappy = read_dicom_series(tmp_path / "gap")
+    text = " | ".join(gappy.warnings)
+    assert "1 gap(s)" in text and "31.5 mm between slices 4 and 5" in text
+    assert "uneven slice spacing" in text
+    assert gappy.spacing[2] == pytest.approx(2.0)

@@ -295,7 +295,8 @@ def _read_slices(headers: list[_Header], warnings: list[str]) -> list[_Slice]:
     for h in headers:
         try:
             ds = pydicom.dcmread(h.path, force=(sniff_dicom(h.path) == "raw"))
-            slices.append(_Slice(h.path, ds, _to_hu(ds)))
+            # keep the header read earlier, not the full dataset: its pixel bytes would double the memory
+            slices.append(_Slice(h.path, h.ds, _to_hu(ds)))
         except READ_ERRORS as exc:
             warnings.append(f"skipped {h.path.name}: its pixel data cannot be read ({exc})")
     return slices
