@@ -1,0 +1,89 @@
+"""File > Export masks as NIfTI: which mask (predicted, or with the user's corrections), where, and the volume
+figures next to it. The export itself runs as a job; this dialog shows its progress and the files written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QProgressBar, QPushButton, QRadioButton, QVBoxLayout, QWidget)
+
+
+class ExportDialog(QDialog):
+    export_requested = Signal(str, str, bool)    # "corrected" | "predicted", path, write quantification
+
+    def __init__(self, default_path: Path, has_prediction: bool, n_corrected: int, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Export masks as NIfTI")
+        self.setObjectName("exportDialog")
+        self.corrected = QRadioButton(f"Prediction with my corrections ({n_corrected} corrected slice"
+                                      f"{'s' if n_corrected != 1 else ''})")
+        self.predicted = QRadioButton("Prediction only")
+        self.corrected.setChecked(True)
+        self.predicted.setEnabled(has_prediction)
+        self.path = QLineEdit(str(default_path))
+        self.path.setObjectName("exportPath")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.path, 1)
+        row.addWidget(browse)
+        self.quant = QCheckBox("Also write the infected volume (mL, % of lung) as CSV and JSON next to it")
+        self.quant.setChecked(True)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.result = QLabel("The mask is written in the geometry of the source study (spacing, origin, "
+                             "direction), so it lines up in any viewer.")
+        self.result.setObjectName("exportResult")
+        self.result.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Mask:", self.corrected)
+        form.addRow("", self.predicted)
+        form.addRow("File:", row)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.export_button = self.buttons.addButton("Export", QDialogButtonBox.ButtonRole.AcceptRole)
+        self.export_button.setObjectName("exportButton")
+        self.buttons.accepted.connect(self._request)
+        self.buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.quant)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.result)
+        lay.addWidget(self.buttons)
+        self.resize(620, self.sizeHint().height())
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export mask", self.path.text(), "NIfTI (*.nii.gz *.nii)")
+        if path:
+            self.path.setText(path)
+
+    def what(self) -> str:
+        return "corrected" if self.corrected.isChecked() else "predicted"
+
+    def _request(self) -> None:
+        text = self.path.text().strip()
+        if not text.lower().endswith((".nii.gz", ".nii")):
+            text += ".nii.gz"
+            self.path.setText(text)
+        self.export_button.setEnabled(False)
+        self.progress.setRange(0, 0)
+        self.result.setText("Exporting…")
+        self.export_requested.emit(self.what(), text, self.quant.isChecked())
+
+    def set_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    def set_done(self, paths: list[str]) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.export_button.setEnabled(True)
+        self.result.setText("Written:<br>" + "<br>".join(f"<code>{p}</code>" for p in paths))
+
+    def set_failed(self, text: str) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.export_button.setEnabled(True)
+        self.result.setText(f"<span style='color:#ff6b6b'>Not exported:</span> {text}")
