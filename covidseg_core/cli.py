@@ -80,6 +80,28 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_project
+    from .project import Project
+
+    project = Project.open(args.project, read_only=True)
+    try:
+        result = _run_job(export_project(project, args.out, source_id=args.source, which=args.masks), args.quiet)
+    finally:
+        project.close()
+    _print_json(result)
+    return 0
+
+
+def cmd_gui(args) -> int:
+    try:
+        from app import main as gui_main
+    except ImportError as exc:
+        raise CovidSegError(f"The desktop app cannot start: {exc}.",
+                            "Install the GUI extras: pip install 'covidseg-assist[gui]'.") from exc
+    return gui_main([str(args.path)] if args.path else [])
+
+
 COMMANDS = {}
 
 
@@ -110,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--series", default=None, help="SeriesInstanceUID to read when a folder holds several")
     i.set_defaults(func=cmd_info)
 
+    e = sub.add_parser("export", help="a project's masks as NIfTI in the source geometry (+ volumes as CSV/JSON)")
+    e.add_argument("--project", required=True, type=Path)
+    e.add_argument("--out", required=True, type=Path, help="FILE.nii.gz")
+    e.add_argument("--source", default=None, help="source id, when the project holds several studies")
+    e.add_argument("--masks", choices=("corrected", "predicted"), default="corrected",
+                   help="corrected: predictions with the user's corrections applied (default)")
+    e.set_defaults(func=cmd_export)
+
+    g = sub.add_parser("gui", help="open the desktop app")
+    g.add_argument("path", nargs="?", type=Path, help="a project folder or a study to open")
+    g.set_defaults(func=cmd_gui)
+
     _register_optional_commands(sub)
     return p
 
@@ -133,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except CovidSegError as exc:
         print(f"covidseg: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:              # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("covidseg: interrupted", file=sys.stderr)
         return 130
