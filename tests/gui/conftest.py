@@ -1,0 +1,84 @@
+"""GUI tests run offscreen, with their own settings and data folders (never the user's)."""
+import os
+import tempfile
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"          # before anything imports Qt
+_HOME = tempfile.mkdtemp(prefix="covidseg-gui-tests-")
+os.environ["XDG_DATA_HOME"] = os.path.join(_HOME, "data")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
+os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QSettings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    from covidseg_core.demo import write_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    write_demo(out)
+    return out
+
+
+@pytest.fixture
+def window(qtbot, qapp, tmp_path):
+    from app.application import configure_qt_app
+    from app.main_window import MainWindow
+    from app.prefs import Prefs
+
+    configure_qt_app(qapp)
+    prefs = Prefs(QSettings(str(tmp_path / "prefs.ini"), QSettings.Format.IniFormat))
+    w = MainWindow(prefs=prefs)
+    w.ask_questions = False
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    yield w
+    if w.jobs.busy:
+        w.jobs.cancel()
+        w.jobs.wait(30000)
+    w.session.close_project()
+
+
+def wait_idle(qtbot, w, timeout=30000):
+    """Wait until no job runs (and its results were handled)."""
+    qtbot.waitUntil(lambda: not w.jobs.busy, timeout=timeout)
+    qtbot.wait(20)
+
+
+def open_study(qtbot, w, path, project_dir):
+    w.open_path(path, project_folder=project_dir)
+    qtbot.waitUntil(lambda: w.session.has_study and not w.jobs.busy, timeout=30000)
+    qtbot.wait(20)
+
+
+@pytest.fixture
+def demo_window(qtbot, window, demo_dir, tmp_path):
+    open_study(qtbot, window, demo_dir / "volume" / "ct.nii.gz", tmp_path / "project")
+    return window
+
+
+def max_gap_while(qtbot, predicate, timeout_s=60.0, tick_ms=10):
+    """Run the event loop until predicate() is false; return the largest gap between 10 ms timer ticks."""
+    from PySide6.QtCore import QTimer
+
+    stamps = []
+    timer = QTimer()
+    timer.setInterval(tick_ms)
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start()
+    end = time.perf_counter() + timeout_s
+    while predicate() and time.perf_counter() < end:
+        qtbot.wait(5)
+    timer.stop()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return (max(gaps) if gaps else 0.0), len(stamps)
