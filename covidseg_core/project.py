@@ -330,7 +330,11 @@ class Project:
         elif kind == "run_put":
             record = op.get("record")
             if isinstance(record, dict) and isinstance(record.get("path"), str):
-                self._runs = [r for r in self._runs if r.get("path") != record["path"]] + [record]
+                paths = [r.get("path") for r in self._runs]
+                if record["path"] in paths:   # an update keeps the run's place in the history
+                    self._runs[paths.index(record["path"])] = record
+                else:
+                    self._runs.append(record)
         elif kind == "settings":
             for key, value in dict(op.get("values") or {}).items():
                 if value is None:
