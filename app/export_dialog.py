@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QProgressBar, QPushButton, QRadioButton, QVBoxLayout, QWidget)
 
 
 class ExportDialog(QDialog):
-    export_requested = Signal(str, str, bool)    # "corrected" | "predicted", path, write quantification
+    export_requested = Signal(str, str)    # "corrected" | "predicted", path
 
     def __init__(self, default_path: Path, has_prediction: bool, n_corrected: int, parent: QWidget | None = None):
         super().__init__(parent)
@@ -28,8 +28,9 @@ class ExportDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(self.path, 1)
         row.addWidget(browse)
-        self.quant = QCheckBox("Also write the infected volume (mL, % of lung) as CSV and JSON next to it")
-        self.quant.setChecked(True)
+        self.quant = QLabel("The infected volume (mL, % of lung, per slice and for the study) is written beside "
+                            "it as <code>.quant.csv</code> and <code>.quant.json</code>.")
+        self.quant.setWordWrap(True)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -70,7 +71,7 @@ class ExportDialog(QDialog):
         self.export_button.setEnabled(False)
         self.progress.setRange(0, 0)
         self.result.setText("Exporting…")
-        self.export_requested.emit(self.what(), text, self.quant.isChecked())
+        self.export_requested.emit(self.what(), text)
 
     def set_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))

@@ -365,19 +365,29 @@ class MainWindow(QMainWindow):
         self._load_source(sources[-1]["id"])
 
     def _load_source(self, source_id: str) -> None:
-        project = self.session.project
-        record = project.source(source_id)
-        path = project.source_path(source_id)
-
-        def loaded(study) -> None:
+        def loaded(result: dict) -> None:
             self._lungs = None
-            self.session.set_study(source_id, study)
+            self.session.set_study(source_id, result["study"])
             n = self.session.import_study_labels()
             if n:
                 self.statusBar().showMessage(f"{n} slice labels taken from the study's labels.csv.", 8000)
-            self._show_last_run_results()
+            if result.get("prediction") is not None:
+                self.session.set_prediction(result["prediction"], result.get("run"))
+                self._start_quantify()
 
-        self.run_job("Reading the study", pipeline.load_study_job(path, record.get("series_uid")), loaded)
+        self.run_job("Reading the study", pipeline.load_study_job(self.session.project, source_id), loaded)
+
+    def _start_quantify(self) -> None:
+        s = self.session
+        mask = s.mask_volume(corrected=True)
+        if mask is None or self.jobs.busy:
+            return
+
+        def done(result) -> None:
+            quant, self._lungs = result
+            s.set_quantification(quant)
+
+        self.run_job("Measuring volumes", pipeline.quantify_job(s.study, mask, self._lungs), done)
 
     def open_demo(self) -> None:
         """Write the demo study into the user's data folder (once) and open it with its project."""
@@ -481,11 +491,6 @@ class MainWindow(QMainWindow):
     def _last_run_path(self) -> Path | None:
         return pipeline.last_usable_run(self.session.project) if self.session.project else None
 
-    def _show_last_run_results(self) -> None:
-        """On opening a study that was trained before, show that run's prediction (a job: it runs the net)."""
-        if self._last_run_path() is not None and not self.jobs.busy:
-            QTimer.singleShot(0, self.start_prediction)
-
     # ------------------------------------------------------------------------------------------ correction
     def _set_tool(self, tool: str, on: bool) -> None:
         other = "eraser" if tool == "brush" else "brush"
@@ -508,6 +513,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Correction of slice {index + 1} saved ({path.name}).", 4000)
         except CovidSegError as exc:
             show_error(self, exc)
+            return
+        if self.session.quantification is not None:
+            self._start_quantify()          # the volumes follow the corrected mask
 
     # ------------------------------------------------------------------------------------------ export
     def show_export_dialog(self) -> ExportDialog | None:
@@ -527,25 +535,19 @@ class MainWindow(QMainWindow):
         dlg.show()
         return dlg
 
-    def export_masks(self, what: str, path: str, with_quantification: bool) -> None:
+    def export_masks(self, what: str, path: str) -> None:
         s = self.session
-        mask = s.mask_volume(corrected=(what == "corrected"))
-        if mask is None:
-            show_error(self, ProjectError("There is no mask to export yet.", "Press Train first."))
-            return
         target = Path(path)
 
         def done(result: dict) -> None:
-            if result.get("lungs") is not None:
-                self._lungs = result["lungs"]
-            if result.get("quantification") is not None:
-                s.set_quantification(result["quantification"])
+            if result.get("quantification_result") is not None:
+                s.set_quantification(result["quantification_result"])
+            paths = [result["mask"], *result.get("quantification", [])]
             if self.export_dialog is not None:
-                self.export_dialog.set_done(result["paths"])
-            self.statusBar().showMessage(f"Exported {result['paths'][0]}", 10000)
+                self.export_dialog.set_done(paths)
+            self.statusBar().showMessage(f"Exported {result['mask']}", 10000)
 
-        self.run_job("Exporting", pipeline.export_job(s.study, mask, target, self._lungs, with_quantification),
-                     done)
+        self.run_job("Exporting", pipeline.export_job(s.project, s.source_id, target, what), done)
 
     # ------------------------------------------------------------------------------------------ job signals
     def _on_job_started(self, name: str) -> None:

@@ -17,18 +17,25 @@ from covidseg_core.study import Study
 log = logging.getLogger(__name__)
 
 
-def load_study_job(path: Path, series_uid: str | None = None):
-    """Read a study with the core's loader (it also picks up a labels.csv that comes with the study)."""
+def load_study_job(project, source_id: str):
+    """Read a project's study with the core's loader (which also picks up a labels.csv that comes with it), and
+    the newest prediction a run saved for it. Done({"study", "prediction", "run"})."""
+    from covidseg_core.export import latest_prediction
     from covidseg_core.io.loader import open_study
 
+    path = project.source_path(source_id)
+    series_uid = project.source(source_id).get("series_uid")
+
     def job(cancel: CancelToken) -> Iterator:
-        yield Progress("load", 0, 1, f"Reading {path.name}")
+        yield Progress("load", 0, 2, f"Reading {path.name}")
         study = open_study(path, series_uid=series_uid)
         cancel.raise_if_cancelled()
         for w in study.warnings:
             yield Message(w, "warning")
-        yield Progress("load", 1, 1, f"{study.n_slices} slices")
-        yield Done(study)
+        yield Progress("load", 1, 2, f"{study.n_slices} slices")
+        prediction, run = latest_prediction(project, source_id, study.shape)
+        yield Progress("load", 2, 2, f"{study.n_slices} slices")
+        yield Done({"study": study, "prediction": prediction, "run": run})
     return job
 
 
@@ -94,37 +101,24 @@ def quantify_job(study: Study, mask: np.ndarray, lungs: np.ndarray | None):
     return job
 
 
-def export_base(path: Path) -> Path:
-    """mask.nii.gz -> mask_volumes (then .csv / .json)."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.parent / f"{name}_volumes"
+def export_job(project, source_id: str, path: Path, which: str):
+    """covidseg_core.export: the mask (prediction, with corrections when `which` is "corrected") as NIfTI in the
+    source geometry, and `<name>.quant.json/.csv` beside it. Done adds the quantification read back."""
+    import json
 
-
-def export_job(study: Study, mask: np.ndarray, path: Path, lungs: np.ndarray | None, with_quantification: bool):
-    """Write the mask as NIfTI in the study's geometry, then (optionally) the volumes as CSV/JSON next to it."""
-    from covidseg_core.io.nifti import write_mask_nifti
-    from covidseg_core.quantify import write_quantification
+    from covidseg_core.export import export_project
 
     def job(cancel: CancelToken) -> Iterator:
-        total = 2 if with_quantification else 1
-        yield Progress("export", 0, total, f"writing {path.name}")
-        written = [str(write_mask_nifti(mask, study, path))]
-        yield Progress("export", 1, total, f"wrote {path.name}")
-        result, lungs_out = None, lungs
-        if with_quantification:
-            for ev in quantify_steps(study, mask, lungs, cancel):
-                if isinstance(ev, Done):
-                    result, lungs_out = ev.result
-                else:
-                    yield ev
-            json_path, csv_path = write_quantification(result, export_base(path))
-            written += [str(csv_path), str(json_path)]
-            yield Progress("export", 2, total, "wrote the volumes")
-        yield Done({"paths": written, "quantification": result, "lungs": lungs_out})
+        result = None
+        for ev in export_project(project, path, source_id=source_id, which=which, cancel=cancel):
+            if isinstance(ev, Done):
+                result = dict(ev.result)
+            else:
+                yield ev
+        quant_json = next((p for p in result.get("quantification", []) if p.endswith(".json")), None)
+        if quant_json:
+            result["quantification_result"] = json.loads(Path(quant_json).read_text(encoding="utf-8"))
+        yield Done(result)
     return job
 
 

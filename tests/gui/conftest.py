@@ -29,6 +29,16 @@ def demo_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_demo_dir(tmp_path_factory) -> Path:
+    """A short, small demo study: for tests whose core steps cost per slice (lung fields, training)."""
+    from covidseg_core.demo import write_demo
+
+    out = tmp_path_factory.mktemp("small-demo")
+    write_demo(out, n_slices=8, size=96)
+    return out
+
+
 @pytest.fixture
 def window(qtbot, qapp, tmp_path):
     from app.application import configure_qt_app
