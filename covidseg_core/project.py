@@ -371,11 +371,12 @@ class Project:
                  undo_files: list[tuple[str, bytes | None]] = ()) -> None:
         """Save then apply one change (caller holds the lock): new files, one journal line, memory, deletions."""
         self._check_writable()
+        record = store.encode_record(self._seq + 1, ops)
         try:
             for rel, data in files:
                 if data is not None:
                     atomic_write_bytes(self._folder / rel, data)
-            self._journal.append(store.encode_record(self._seq + 1, ops))
+            self._journal.append(record)
         except OSError as err:
             self._restore_files(undo_files)
             raise ProjectError(f"Could not save the change in {self._folder}: {err.strerror or err}.",
@@ -701,7 +702,7 @@ class Project:
                 stem = stem[:-len(suffix)]
                 break
         safe = _UNSAFE_CHARS.sub("_", stem).strip("._ ")[:100] or "slice"
-        digest = hashlib.sha1(slice_id.encode("utf-8")).hexdigest()[:10]
+        digest = hashlib.sha1(slice_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
         if safe != stem or safe.upper().split(".")[0] in _WINDOWS_RESERVED:
             safe = f"{safe}-{digest}"   # different ids must not end up with the same name
         taken = {PurePosixPath(rel).name.lower() for rel in self._corrections.get(source_id, {}).values()}

@@ -121,7 +121,8 @@ def _parse_record(line: bytes) -> dict | None:
 
 
 def encode_record(seq: int, ops: list[dict]) -> bytes:
-    return (json.dumps({"seq": seq, "ops": ops}, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+    # ASCII escapes: any slice id (even a file name that is not valid UTF-8) survives the round trip
+    return (json.dumps({"seq": seq, "ops": ops}, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def _sync(fd: int) -> None:

@@ -340,16 +340,23 @@ def test_bad_correction_masks(project, study):
 
 def test_correction_file_names_are_safe_and_unique(project, study):
     sid = project.add_source(study, "images")
-    ids = ["1.2.840.10008.5.1.4.1", "a.png", "a.jpg", "A.png", "../evil/name", "CON", "x:y\\z"]
+    ids = ["1.2.840.10008.5.1.4.1", "a.png", "a.jpg", "A.png", "../evil/name", "CON", "x:y\\z", "Schnitt-ü.png",
+           "bad-\udcff-utf8.png"]   # the last: a file name that is not valid UTF-8, as os.listdir gives it
     for slice_id in ids:
         project.save_correction(sid, slice_id, _square())
+    project.set_labels(sid, {s: "infected" for s in ids})
+    folder = project.folder
+    project.close()
+    project = Project.open(folder)
     paths = project.corrections(sid)
+    assert sorted(project.labels(sid)) == sorted(ids) and sorted(paths) == sorted(ids)
     names = [paths[s].name.lower() for s in ids]
     assert len(set(names)) == len(ids)
     assert paths["1.2.840.10008.5.1.4.1"].name == "1.2.840.10008.5.1.4.1.png"
     for path in paths.values():
         assert path.parent == project.folder / "corrections" / sid and path.is_file()
-        assert all(c.isalnum() or c in "._-" for c in path.name)
+        assert all(c.isascii() and (c.isalnum() or c in "._-") for c in path.name)
+    project.close()
 
 
 # -------------------------------------------------------------------------------------- runs and settings
@@ -521,21 +528,21 @@ def test_kill_at_any_moment_keeps_every_reported_change(tmp_path, study, delay):
     child = subprocess.Popen([sys.executable, str(HELPER), str(folder)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     lines: list[str] = []
-    ready = threading.Event()
+    writing = threading.Event()   # the first change has been reported: the kill lands mid-loop
 
     def read():
         for line in child.stdout:
             lines.append(line.strip())
-            if line.strip() == "ready":
-                ready.set()
+            if line.startswith("done "):
+                writing.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         deadline = time.monotonic() + 60
-        while not ready.wait(0.05) and child.poll() is None and time.monotonic() < deadline:
+        while not writing.wait(0.05) and child.poll() is None and time.monotonic() < deadline:
             pass
-        assert ready.is_set() and child.poll() is None, child.stderr.read() if child.poll() is not None else ""
+        assert writing.is_set() and child.poll() is None, child.stderr.read() if child.poll() is not None else ""
         time.sleep(delay)
         assert child.poll() is None, child.stderr.read()   # still writing when killed
         os.kill(child.pid, signal.SIGKILL)
