@@ -1,0 +1,108 @@
+"""A project's masks as NIfTI in the geometry of each source scan, with the quantification beside them.
+
+Where a slice has a user correction it wins; elsewhere the newest run's prediction for that source is used
+(stored as RUN/predictions/<source id>.nii.gz by whoever predicted it: the app or `save_prediction`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, ProjectError
+from .events import CancelToken, Done, Message, Progress
+from .io.loader import open_study
+from .io.nifti import write_mask_nifti
+from .quantify import quantify, write_quantification
+from .study import Study
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_DIR = "predictions"
+
+
+def prediction_path(run_dir: str | Path, source_id: str) -> Path:
+    return Path(run_dir) / PREDICTIONS_DIR / f"{source_id}.nii.gz"
+
+
+def save_prediction(run_dir: str | Path, source_id: str, mask: np.ndarray, study: Study) -> Path:
+    """Keep a run's predicted mask of a project source (uint8 0/1, the study's geometry), atomically."""
+    return write_mask_nifti((np.asarray(mask) > 0).astype(np.uint8), study, prediction_path(run_dir, source_id))
+
+
+def latest_prediction(project, source_id: str, shape: tuple[int, int, int]) -> tuple[np.ndarray | None, str | None]:
+    """The newest run's predicted mask of a source (and the run's path), or (None, None)."""
+    import SimpleITK as sitk
+
+    for run in reversed(project.runs):
+        path = prediction_path(run["path"], source_id)
+        if not path.is_file():
+            continue
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        if arr.shape != tuple(shape):
+            log.warning("prediction %s has shape %s, the study %s: skipped", path, arr.shape, shape)
+            continue
+        return (arr > 0).astype(np.uint8), run["path"]
+    return None, None
+
+
+def assemble_mask(project, source_id: str, study: Study, which: str = "corrected") -> tuple[np.ndarray, dict]:
+    """The mask volume of a source: `which` = "predicted" (the newest prediction only) or "corrected"
+    (prediction with every corrected slice replaced by the user's mask)."""
+    if which not in ("predicted", "corrected"):
+        raise InputError(f"Unknown mask choice {which!r}.", "Use 'predicted' or 'corrected'.")
+    pred, run = latest_prediction(project, source_id, study.shape)
+    mask = pred if pred is not None else np.zeros(study.shape, np.uint8)
+    corrected = []
+    if which == "corrected":
+        for slice_id in project.corrections(source_id):
+            if slice_id not in study.slice_ids:
+                log.warning("correction for slice %s that the study no longer has: skipped", slice_id)
+                continue
+            z = study.slice_index(slice_id)
+            corr = project.correction(source_id, slice_id)
+            if corr.shape != study.shape[1:]:
+                raise InputError(f"The correction of slice {slice_id} is {corr.shape[1]}x{corr.shape[0]} but the "
+                                 f"slice is {study.shape[2]}x{study.shape[1]} (mask of the wrong size).",
+                                 "Remove that correction and draw it again.")
+            mask[z] = corr > 0
+            corrected.append(slice_id)
+    if pred is None and not corrected:
+        raise ProjectError(f"The study {source_id} has no predicted or corrected mask yet.",
+                           "Train (or correct some slices) before exporting.")
+    return mask, {"run": run, "corrected_slices": len(corrected), "which": which}
+
+
+def export_project(project, out: str | Path, source_id: str | None = None, which: str = "corrected",
+                   cancel: CancelToken | None = None):
+    """Job: write `out` (.nii.gz, uint8 0/1) for one source (the only or given one) plus `<out>.quant.{json,csv}`."""
+    out = Path(out)
+    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
+        raise InputError(f"{out} is not a NIfTI file name.", "Name the export like masks.nii.gz.")
+    sources = project.sources
+    if not sources:
+        raise ProjectError("The project has no study to export.", "Open a study first.")
+    if source_id is None:
+        if len(sources) > 1:
+            ids = ", ".join(s["id"] for s in sources)
+            raise InputError(f"The project holds {len(sources)} studies ({ids}).", "Choose one with --source.")
+        source_id = sources[0]["id"]
+    record = project.source(source_id)
+    yield Progress("export", 0, 3, "reading the study")
+    study = open_study(project.source_path(source_id), series_uid=record.get("series_uid"))
+    if cancel:
+        cancel.raise_if_cancelled()
+    yield Progress("export", 1, 3, "assembling masks")
+    mask, info = assemble_mask(project, source_id, study, which)
+    write_mask_nifti(mask, study, out)
+    yield Progress("export", 2, 3, "measuring infected volume")
+    stem = out.name[:-7] if out.name.endswith(".nii.gz") else out.name[:-4]
+    quant = quantify(study, mask)
+    json_path, csv_path = write_quantification(quant, out.with_name(stem + ".quant"))
+    if not study.is_hu:
+        yield Message("The study is not in HU (an image folder): volumes assume 1 mm pixels unless its spacing "
+                      "is known.", "warning")
+    yield Progress("export", 3, 3, "done")
+    yield Done({"mask": str(out), "quantification": [str(json_path), str(csv_path)], "source": source_id,
+                "infected_ml": quant["infected_ml"], "infected_percent": quant["infected_percent"], **info})

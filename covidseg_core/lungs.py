@@ -1,0 +1,149 @@
+"""Background cues for stage 1: a lung-field mask computed from the image itself, and a density saliency inside it.
+
+Works on what the networks see: slices in [0, 1] (HU volumes through the lung window, 8-bit images as they are,
+including per-slice contrast-stretched/CLAHE images, and half slices cut at the midline). Everything outside the
+lung field is background; inside it, tissue denser than the slice's own aerated lung is salient.
+
+The lung field must keep consolidations: they are as bright as soft tissue, so a plain threshold cuts them out
+(an intensity-threshold mask leaves out about a quarter of the infection). After thresholding, each lung is
+closed with a disk and its holes filled, and concave pleural notches are filled up to the lung's convex hull
+where the hull adds little area (a bright crescent along the pleura) but not where it would swallow the heart.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+# Fractions of the image's short side, so the same settings hold at any --size.
+MIN_LUNG_AREA_FRAC = 0.004     # of the image area: smaller dark pockets are bowel gas, bronchi, noise
+CLOSING_RADIUS_FRAC = 0.06     # of the short side: fills notches a few mm deep left by bright lesions
+MAX_LUNGS = 2
+HULL_MAX_GAIN = 0.5          # no hull fill for crescents (lung base over the liver dome): the hull would add more
+HULL_REACH_FRAC = 0.1        # of the short side: how far the convex-hull fill may reach from aerated lung
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1e-12)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def disk(radius: int) -> np.ndarray:
+    r = max(int(radius), 1)
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return (yy * yy + xx * xx) <= r * r
+
+
+def _outside_air(dark: np.ndarray) -> np.ndarray:
+    """Dark components that touch two or more image sides are air around the body (a lung cut at the midline of
+    a half slice touches one side only, so it stays)."""
+    lab, n = ndi.label(dark)
+    if n == 0:
+        return np.zeros_like(dark)
+    sides = [lab[0, :], lab[-1, :], lab[:, 0], lab[:, -1]]
+    touches = np.zeros((n + 1, 4), dtype=bool)
+    for s, edge in enumerate(sides):
+        touches[np.unique(edge), s] = True
+    outside_ids = np.flatnonzero(touches[:, :].sum(axis=1) >= 2)
+    outside_ids = outside_ids[outside_ids > 0]
+    return np.isin(lab, outside_ids)
+
+
+def _convex_hull(mask: np.ndarray) -> np.ndarray:
+    """Filled convex hull of a 2D mask."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return mask.copy()
+    hull = cv2.convexHull(np.stack([xs, ys], 1).astype(np.int32))
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    cv2.fillConvexPoly(out, hull, 1)
+    return out.astype(bool) | mask
+
+
+def lung_field(image01: np.ndarray, threshold: float | None = None, hull_reach: float = HULL_REACH_FRAC,
+               closing_radius: float = CLOSING_RADIUS_FRAC, hull_max_gain: float = HULL_MAX_GAIN) -> np.ndarray:
+    """Bool mask of the lung fields of one slice in [0, 1] (HU in the lung window, or an 8-bit image / 255).
+
+    `threshold` separates aerated lung from soft tissue (default: Otsu's threshold of the smoothed slice).
+    `hull_reach`: the part of each lung's convex hull within this distance (fraction of the short side) of the
+    aerated lung is added, which brings back dense lesions along the pleura without swallowing the heart.
+    """
+    img = np.asarray(image01, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"lung_field expects one 2D slice, got shape {img.shape}")
+    h, w = img.shape
+    short = min(h, w)
+    smooth = ndi.gaussian_filter(img, sigma=max(short / 256.0, 0.5))
+    t = otsu_threshold(smooth) if threshold is None else float(threshold)
+    dark = ndi.binary_opening(smooth < t, structure=disk(max(1, round(short * 0.008))))
+    outside = _outside_air(dark)
+    inside = dark & ~outside
+    # the body is the largest piece of what is not outside air, once thin bridges (to the scanner table) are cut;
+    # the dark gap inside the table lies outside it
+    body_lab, nb = ndi.label(ndi.binary_opening(~outside, structure=disk(max(2, round(short * 0.03)))))
+    if nb:
+        sizes = ndi.sum(np.ones_like(body_lab), body_lab, index=np.arange(1, nb + 1))
+        body = ndi.binary_fill_holes(body_lab == 1 + int(np.argmax(sizes)))
+        inside &= body
+    # thin dark strips (the gap in the scanner table, skin folds) vanish under a wider opening; lungs do not
+    seeds = ndi.binary_opening(inside, structure=disk(max(2, round(short * 0.04))))
+    lab, n = ndi.label(inside)
+    if n == 0 or not seeds.any():
+        return np.zeros((h, w), dtype=bool)
+    keep_ids = np.unique(lab[seeds])
+    keep_ids = keep_ids[keep_ids > 0]
+    areas = ndi.sum(np.ones_like(lab), lab, index=keep_ids)
+    order = np.argsort(areas)[::-1][:MAX_LUNGS]
+    min_area = MIN_LUNG_AREA_FRAC * h * w
+    field = np.zeros((h, w), dtype=bool)
+    radius = max(2, round(closing_radius * short))
+    pad = radius + 1
+    for rank, k in enumerate(order):
+        if areas[k] < min_area or (rank > 0 and areas[k] < 0.15 * areas[order[0]]):
+            continue
+        lung = lab == keep_ids[k]
+        # pad so the closing does not get stuck at the image edge (a lung cut at the midline)
+        closed = ndi.binary_closing(np.pad(lung, pad), structure=disk(radius))[pad:-pad, pad:-pad]
+        closed = ndi.binary_fill_holes(closed | lung)
+        hull = _convex_hull(closed)
+        if hull_reach > 0 and hull.sum() <= (1 + hull_max_gain) * closed.sum():
+            near = ndi.distance_transform_edt(~closed) <= hull_reach * short
+            closed |= hull & near
+        field |= closed
+    return field
+
+
+def lung_saliency(image01: np.ndarray, lung: np.ndarray, sigma_frac: float = 0.012) -> np.ndarray:
+    """How much denser than the slice's own aerated lung each pixel is, in units of the lung's spread.
+
+    0 at the median lung intensity (most lung pixels are aerated, even in a sick lung), 1 one inter-quartile
+    range above it; smoothed a little so broad ground-glass stands out more than thin vessels. Zero outside
+    the lung. Relative to each image, so it holds for HU slices and for contrast-stretched 8-bit images alike.
+    """
+    img = np.asarray(image01, dtype=np.float32)
+    out = np.zeros(img.shape, dtype=np.float32)
+    if not lung.any():
+        return out
+    smooth = ndi.gaussian_filter(img, sigma=max(sigma_frac * min(img.shape), 0.5))
+    vals = smooth[lung]
+    q25, med, q75 = np.percentile(vals, [25, 50, 75])
+    spread = max(q75 - q25, 1e-3)
+    out[lung] = (smooth[lung] - med) / spread
+    return out
+
+
+def density_prior(image01: np.ndarray, lung: np.ndarray, percentile: float = 70.0) -> np.ndarray:
+    """The intensity-prior baseline: lung pixels denser than the given percentile of the lung's intensities."""
+    img = np.asarray(image01, dtype=np.float32)
+    if not lung.any():
+        return np.zeros(img.shape, dtype=bool)
+    return lung & (img > np.percentile(img[lung], percentile))
