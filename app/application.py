@@ -30,7 +30,8 @@ def configure_qt_app(app) -> None:
     app.setOrganizationName(ORG_NAME)
     app.setWindowIcon(app_icon())
     # arrays are (y, x) like the core's slices; no antialiasing cost on big images
-    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="k", foreground="w")
+    # no antialiasing: the plots repaint while a job runs, and antialiased axes cost the GUI thread most of its time
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="k", foreground="w")
 
 
 def run(argv: list[str] | None = None) -> int:

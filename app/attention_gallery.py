@@ -63,6 +63,7 @@ class AttentionGallery(QWidget):
         self.thumb_count = 0          # epochs + fused shown now (tests read it)
 
     def _clear(self) -> None:
+        self._fused_widget = None
         while self._row.count() > 1:
             item = self._row.takeAt(0)
             if item.widget() is not None:
@@ -71,25 +72,50 @@ class AttentionGallery(QWidget):
 
     def show_history(self, slice_label: str, gray01: np.ndarray | None, hist: AttentionHistory | None,
                      other_slice: str | None = None) -> None:
-        """Show the maps of one slice. `other_slice`: a slice id that has maps, offered when this one has none."""
-        self._clear()
+        """Show the maps of one slice. `other_slice`: a slice id that has maps, offered when this one has none.
+
+        When only new epochs arrived for the slice already shown, only their thumbnails are added (this runs on
+        the GUI thread while training runs, after every epoch)."""
         self._jump_target = other_slice
         if hist is None or (not hist.cams and hist.fused is None):
+            self._clear()
+            self._shown = None
             self._title.setText(f"Attention maps — {slice_label}: none yet. The classifier reports them for "
                                 "some infected slices after each epoch.")
             self._jump.setVisible(other_slice is not None)
             return
         self._jump.setVisible(False)
         self._title.setText(f"Attention maps — {slice_label}: CAM after each classifier epoch, then the fused map")
-        widgets = [_Thumb(blend_heat(gray01, cam, THUMB), f"epoch {epoch}") for epoch, cam in sorted(hist.cams,
-                                                                                                  key=lambda c: c[0])]
+        cams = sorted(hist.cams, key=lambda c: c[0])
+        epochs = [e for e, _ in cams]
+        key = (slice_label, id(gray01) if gray01 is None else gray01.shape, float(gray01.mean()) if gray01 is not None
+               else 0.0)
+        shown = getattr(self, "_shown", None)
+        if shown is not None and shown[0] == key and epochs[:len(shown[1])] == shown[1]:
+            new = cams[len(shown[1]):]          # same slice and display: append the new epochs only
+            start = len(shown[1])
+            self._remove_fused()
+        else:
+            self._clear()
+            new, start = cams, 0
+        for k, (epoch, cam) in enumerate(new):
+            self._row.insertWidget(start + k, _Thumb(blend_heat(gray01, cam, THUMB), f"epoch {epoch}"))
+        n = len(cams)
         if hist.fused is not None:
-            widgets.append(_Thumb(blend_heat(gray01, hist.fused, THUMB), f"fused (to epoch {hist.fused_epoch})",
-                                  highlight=True))
-        for k, w in enumerate(widgets):
-            self._row.insertWidget(k, w)
-        self.thumb_count = len(widgets)
+            self._fused_widget = _Thumb(blend_heat(gray01, hist.fused, THUMB), f"fused (to epoch {hist.fused_epoch})",
+                                        highlight=True)
+            self._row.insertWidget(n, self._fused_widget)
+            n += 1
+        self._shown = (key, epochs)
+        self.thumb_count = n
         self._scroll.horizontalScrollBar().setValue(self._scroll.horizontalScrollBar().maximum())
+
+    def _remove_fused(self) -> None:
+        w = getattr(self, "_fused_widget", None)
+        if w is not None:
+            self._row.removeWidget(w)
+            w.deleteLater()
+            self._fused_widget = None
 
     def _on_jump(self) -> None:
         if self._jump_target is not None:

@@ -49,6 +49,7 @@ class MainWindow(QMainWindow):
         self.export_dialog: ExportDialog | None = None
         self._lungs: np.ndarray | None = None   # lung fields of the open study, once measured
         self._device_text = "Device: …"
+        self._deferred: list[tuple[object, object]] = []
 
         self._make_actions()
         self._make_menus()
@@ -476,6 +477,7 @@ class MainWindow(QMainWindow):
 
     def _on_pipeline_done(self, result: dict) -> None:
         """A train or predict job finished: show its prediction, pseudo masks and volumes."""
+        self.flush_deferred()
         if not result:
             return
         if result.get("lungs") is not None:
@@ -560,9 +562,32 @@ class MainWindow(QMainWindow):
             self.export_dialog.set_progress(ev.done, ev.total)
 
     def _on_epoch(self, ev: EpochReport) -> None:
-        self.training_panel.show_epoch(ev)
+        # each part repaints something; done in separate turns of the event loop so that no single turn keeps
+        # the GUI thread (which shares the CPU with training) busy for long
+        self._later(("plot", ev.stage, ev.epoch), lambda: self.training_panel.show_epoch(ev))
         if ev.maps:
-            self.session.add_epoch_maps(ev.epoch, ev.maps)
+            self._later(("maps", ev.epoch), lambda: self.session.add_epoch_maps(ev.epoch, ev.maps))
+
+    def _later(self, key, fn) -> None:
+        """Queue a GUI update to run in its own event-loop turn, in order (see _on_epoch)."""
+        self._deferred.append((key, fn))
+        if len(self._deferred) == 1:
+            QTimer.singleShot(0, self._run_deferred)
+
+    def _run_deferred(self) -> None:
+        if not self._deferred:
+            return
+        _key, fn = self._deferred.pop(0)
+        try:
+            fn()
+        finally:
+            if self._deferred:
+                QTimer.singleShot(0, self._run_deferred)
+
+    def flush_deferred(self) -> None:
+        """Run the queued GUI updates now (a job's end, tests)."""
+        while self._deferred:
+            self._run_deferred()
 
     def _on_message(self, ev: Message) -> None:
         self.statusBar().showMessage(ev.text, 10000)
@@ -641,7 +666,7 @@ class MainWindow(QMainWindow):
             return
         if not slice_ids or s.slice_id(self.view.index) in slice_ids:
             self._update_gallery()
-            self.view.refresh_layers()
+            self._later(("layers",), self.view.refresh_layers)
         elif not s.attention_for(self.view.index):
             self._update_gallery()      # keep the "show a slice with maps" offer current
 

@@ -2,10 +2,12 @@
 this project has made (retraining adds a run, it never replaces one)."""
 from __future__ import annotations
 
+import time
+
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QProgressBar, QSplitter, QToolButton,
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QProgressBar, QSizePolicy, QSplitter, QToolButton,
                                QVBoxLayout, QWidget)
 
 from covidseg_core.events import EpochReport, Progress
@@ -13,6 +15,7 @@ from covidseg_core.events import EpochReport, Progress
 STAGE_NAMES = {"classifier": "Training the classifier", "cams": "Fusing attention maps",
                "pseudo": "Making pseudo masks", "segmenter": "Training the segmenter", "predict": "Predicting masks",
                "quantify": "Measuring volumes", "export": "Exporting", "load": "Reading the study"}
+PROGRESS_PAINT_INTERVAL_S = 0.25
 CURVE_COLORS = ["#4cc9f0", "#f72585", "#ffd166", "#80ed99", "#b8b8ff", "#ff9f1c"]
 
 
@@ -44,13 +47,17 @@ class TrainingPanel(QWidget):
         self.progress.setTextVisible(True)
         self.status = QLabel("Label some slices infected and clean, then press Train.")
         self.status.setObjectName("jobStatus")
-        self.status.setWordWrap(True)
+        # one line of fixed height: a label that grows with its text would re-lay-out (and repaint) the whole
+        # window on every progress event
+        self.status.setFixedHeight(self.status.fontMetrics().height() + 4)
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self._last_progress_paint = 0.0
 
         self.plot = pg.PlotWidget(title="Loss per epoch")
         self.plot.setObjectName("lossPlot")
         self.plot.setLabel("bottom", "epoch")
         self.plot.addLegend(offset=(-10, 10))
-        self.plot.showGrid(x=True, y=True, alpha=0.25)
+        # no grid: translucent grid lines are drawn by the axes over the whole plot, the slowest part of a repaint
         self.plot.setMinimumHeight(150)
         self._curves: dict[str, pg.PlotDataItem] = {}
         self._points: dict[str, tuple[list[float], list[float]]] = {}
@@ -82,7 +89,7 @@ class TrainingPanel(QWidget):
     def job_started(self, name: str) -> None:
         self.progress.setRange(0, 0)       # busy until the first Progress says how much there is
         self.progress.setFormat(name)
-        self.status.setText(f"{name}…")
+        self._set_status(f"{name}…")
 
     def clear_curves(self) -> None:
         self.plot.clear()
@@ -90,16 +97,28 @@ class TrainingPanel(QWidget):
         self._points.clear()
 
     def show_progress(self, ev: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last_progress_paint < PROGRESS_PAINT_INTERVAL_S and ev.done < ev.total:
+            return                       # a person reads a few updates per second; each one costs a repaint
+        self._last_progress_paint = now
         stage = STAGE_NAMES.get(ev.stage, ev.stage)
         if ev.total and ev.total > 0:
-            self.progress.setRange(0, int(ev.total))
+            if self.progress.maximum() != int(ev.total):
+                self.progress.setRange(0, int(ev.total))
             self.progress.setValue(int(min(ev.done, ev.total)))
-            self.progress.setFormat(f"{stage}: %v / %m")
+            fmt = f"{stage}: %v / %m"
+            if self.progress.format() != fmt:
+                self.progress.setFormat(fmt)
         else:
             self.progress.setRange(0, 0)
             self.progress.setFormat(stage)
         parts = [stage, ev.message, format_eta(ev.eta_s)]
-        self.status.setText(" — ".join(p for p in parts if p))
+        self._set_status(" — ".join(p for p in parts if p))
+
+    def _set_status(self, text: str) -> None:
+        if self.status.text() != text:
+            self.status.setText(text)
+            self.status.setToolTip(text)
 
     def show_epoch(self, ev: EpochReport) -> None:
         for key, value in ev.losses.items():
@@ -112,12 +131,12 @@ class TrainingPanel(QWidget):
             if name not in self._curves:
                 color = CURVE_COLORS[len(self._curves) % len(CURVE_COLORS)]
                 style = Qt.PenStyle.SolidLine if ev.stage == "classifier" else Qt.PenStyle.DashLine
-                self._curves[name] = self.plot.plot(name=name, pen=pg.mkPen(color, width=2, style=style),
-                                                    symbol="o", symbolSize=5, symbolBrush=color)
+                # no point symbols: a scatter item per curve doubles the repaint cost on the GUI thread
+                self._curves[name] = self.plot.plot(name=name, pen=pg.mkPen(color, width=2, style=style))
             self._curves[name].setData(xs, ys)
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items() if isinstance(v, (int, float)))
         stage = STAGE_NAMES.get(ev.stage, ev.stage)
-        self.status.setText(f"{stage}: epoch {ev.epoch}/{ev.epochs} done in {ev.seconds:.1f} s"
+        self._set_status(f"{stage}: epoch {ev.epoch}/{ev.epochs} done in {ev.seconds:.1f} s"
                             + (f" — {metrics}" if metrics else ""))
 
     def curve_names(self) -> list[str]:
@@ -127,7 +146,7 @@ class TrainingPanel(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if text.startswith("Done") else 0)
         self.progress.setFormat(text.split(":")[0])
-        self.status.setText(text)
+        self._set_status(text)
 
     def set_runs(self, runs: list[dict]) -> None:
         self.runs.clear()

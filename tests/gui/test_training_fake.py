@@ -1,0 +1,115 @@
+"""The window's reaction to a training job: epoch maps reach the attention strip, loss curves grow, overlays
+appear when it is done, Cancel works, and the window stays responsive. The job here is a test double of the
+core's train job (pipeline.train_job is replaced); test_training_real.py runs the real one."""
+import time
+
+import numpy as np
+import pytest
+from covidseg_core.errors import Cancelled
+from covidseg_core.events import Done, EpochReport, Progress
+
+from app import pipeline
+from conftest import max_gap_while, wait_idle
+
+
+def burn_cpu(seconds):
+    """Work like a training batch: torch ops (which release the GIL) on one thread."""
+    import torch
+    x = torch.rand(256, 256)
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        x = torch.tanh(x @ x.T / 256.0)
+
+
+def fake_train_job(study, epochs=4, step_s=0.03, steps_per_epoch=5, seg_epochs=2):
+    ids = study.slice_ids
+    shape = study.array.shape[1:]
+    chosen = [ids[len(ids) // 2], ids[len(ids) // 2 + 1]]
+    yy, xx = np.mgrid[:64, :64]
+
+    def job(cancel):
+        for e in range(1, epochs + 1):
+            for b in range(steps_per_epoch):
+                cancel.raise_if_cancelled()
+                burn_cpu(step_s)
+                yield Progress("classifier", b + 1, steps_per_epoch, f"epoch {e}", eta_s=5.0)
+            cam = np.exp(-((yy - 20 - 5 * e) ** 2 + (xx - 30) ** 2) / 80.0).astype(np.float32)
+            yield EpochReport("classifier", e, epochs, losses={"loss": 1.0 / e}, metrics={"accuracy": 0.5 + e / 10},
+                              maps={sid: {"cam": cam, "fused": cam * 0.9} for sid in chosen}, seconds=0.1)
+        for e in range(1, seg_epochs + 1):
+            yield EpochReport("segmenter", e, seg_epochs, losses={"loss": 0.5 / e, "val_loss": 0.6 / e})
+        pred = np.zeros(study.array.shape, np.uint8)
+        pred[:, shape[0] // 3: shape[0] // 2, shape[1] // 4: shape[1] // 3] = 1
+        pseudo = {sid: np.full(shape, 127, np.uint8) for sid in chosen}
+        yield Done({"run": None, "prediction": pred, "pseudo": pseudo})
+    return job
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    calls = []
+
+    def train_job(project, source_id, study, settings, lungs):
+        calls.append(settings)
+        return fake_train_job(study, **calls_kwargs)
+    calls_kwargs = {}
+    monkeypatch.setattr(pipeline, "train_job", train_job)
+    return calls, calls_kwargs
+
+
+def test_epochs_fill_the_attention_strip_and_overlays_appear(qtbot, demo_window, fake_training):
+    w = demo_window
+    calls, _ = fake_training
+    s = w.session
+    mid = s.study.n_slices // 2
+    w.view.set_slice(mid)
+    counts = []
+    w.session.attention_changed.connect(lambda ids: counts.append(w.gallery.thumb_count))
+    w.actions_by_name["train"].trigger()
+    assert calls and calls[0]["fusion"] in ("avg", "max", "none")
+    wait_idle(qtbot, w)
+    # the strip was filled in epoch by epoch (the window's slot runs before this one's lambda)
+    assert counts == [2, 3, 4, 5]                 # epochs so far + the fused map
+    assert w.gallery.thumb_count == 5
+    assert set(w.training_panel.curve_names()) == {"classifier loss", "segmenter loss", "segmenter val_loss"}
+    # overlays: prediction and fused attention on this slice; pseudo mask when switched on
+    assert w.view.layer_image("prediction") is not None
+    assert w.view.layer_image("prediction")[..., 3].any()
+    assert w.view.layer_image("attention") is not None
+    w.overlay_panel.checks["pseudo"].setChecked(True)
+    assert w.view.layer_image("pseudo") is not None
+    w.overlay_panel.checks["attention"].setChecked(False)
+    assert w.view.layer_image("attention") is None
+    # a slice without maps offers to jump to one that has them
+    w.view.set_slice(0)
+    assert w.gallery.thumb_count == 0 and w.gallery._jump.isVisibleTo(w.gallery)
+    w.gallery._jump.click()
+    assert w.view.index in (mid, mid + 1)
+    assert "Done" in w.training_panel.progress.format() or "Done" in w.training_panel.status.text()
+
+
+def test_cancel_training(qtbot, demo_window, fake_training):
+    w = demo_window
+    _, kwargs = fake_training
+    kwargs.update(epochs=500, step_s=0.02)
+    w.actions_by_name["train"].trigger()
+    qtbot.waitUntil(lambda: bool(w.training_panel.curve_names()), timeout=20000)
+    assert not w.actions_by_name["train"].isEnabled()
+    assert w.actions_by_name["cancel"].isEnabled()
+    w.training_panel.cancel_button.click()
+    wait_idle(qtbot, w, timeout=10000)
+    assert "cancelled" in w.training_panel.status.text()
+    assert w.session.prediction is None
+    assert w.actions_by_name["train"].isEnabled()
+
+
+def test_window_responsive_while_training(qtbot, demo_window, fake_training):
+    w = demo_window
+    _, kwargs = fake_training
+    kwargs.update(epochs=12, step_s=0.03)
+    w.view.set_slice(w.session.study.n_slices // 2)
+    w.actions_by_name["train"].trigger()
+    qtbot.wait(150)
+    gap, ticks = max_gap_while(qtbot, lambda: w.jobs.busy, timeout_s=60)
+    assert ticks > 50
+    assert gap < 0.1, f"the GUI thread stalled {gap * 1000:.0f} ms"
