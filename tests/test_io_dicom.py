@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import write_synthetic_dicom, write_synthetic_series
+from synthetic_dicom import write_synthetic_dicom, write_synthetic_series
 from covidseg_core.errors import InputError
 from covidseg_core.io.dicom import list_series, read_dicom_series
 from covidseg_core.io.loader import describe, open_study
