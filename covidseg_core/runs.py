@@ -1,0 +1,229 @@
+"""A run folder: everything one training run made, so it can be inspected, resumed or used to predict.
+
+```
+RUN/config.json        what was asked (options, data) + the environment it ran in (versions, device)
+RUN/epochs.jsonl       one JSON line per finished epoch (classifier and segmenter)
+RUN/checkpoints/       last.pt (resume point) and best.pt (lowest validation loss; what `predict` uses)
+RUN/pseudo/, RUN/cams/ stage-1 output (see stage1.py)
+RUN/metrics.json       the final report
+```
+
+Every file is published atomically (write temp, fsync, rename), so a crash or a full disk leaves the previous
+checkpoint in place and a half-written one is never taken as good.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import atomic_write, atomic_write_json
+from .errors import RunError
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = 1                 # bump when the layout or checkpoint content changes incompatibly
+CONFIG_NAME = "config.json"
+EPOCHS_NAME = "epochs.jsonl"
+METRICS_NAME = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def environment_info(device: str | None = None) -> dict:
+    """Versions and hardware a run was made with (kept in config.json to explain differences later)."""
+    import numpy
+    import torch
+
+    info = {
+        "covidseg": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda,
+        "cuda_available": bool(torch.cuda.is_available()),
+        "device": device,
+    }
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split("+")[0].split(".")[:2])
+
+
+def _disk_error(path: Path, exc: OSError) -> RunError:
+    if exc.errno == errno.ENOSPC:
+        return RunError(f"The disk is full: could not write {path}. The previous checkpoint is kept.",
+                        "Free some disk space and run the same command again to resume.")
+    return RunError(f"Could not write {path}: {exc.strerror or exc}.",
+                    "Check that the run folder is writable and on a working disk, then run the command again.")
+
+
+class RunFolder:
+    """Reads and writes one run folder. `create()` starts a run, `open()` reads an existing one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # --- layout ------------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def checkpoint_path(self, name: str = BEST) -> Path:
+        return self.checkpoint_dir / name
+
+    @property
+    def pseudo_dir(self) -> Path:
+        return self.path / "pseudo"
+
+    # --- life cycle --------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def create(self, options: dict, data: dict, device: str) -> dict:
+        """Start a new run: write config.json. Refuses a non-empty folder that is not a run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path} exists and is not a folder.", "Choose another --out.")
+        if self.path.is_dir() and any(self.path.iterdir()) and not self.exists():
+            raise RunError(f"{self.path} is not empty and holds no {CONFIG_NAME}: it is not a run folder "
+                           "(or a run whose start was interrupted).",
+                           "Choose a new --out folder, or empty this one.")
+        config = {"format": RUN_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "options": options, "data": data, "environment": environment_info(device)}
+        self._write(self.config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+        return config
+
+    def read_config(self) -> dict:
+        if not self.path.is_dir():
+            raise RunError(f"Run folder {self.path} does not exist.", "Check the --run path (a folder made by "
+                           "`covidseg train`).")
+        if not self.exists():
+            raise RunError(f"{self.path} holds no {CONFIG_NAME}: it is not a run folder, or its training never "
+                           "got past the start.", "Point --run at a folder made by `covidseg train`, or train again.")
+        try:
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunError(f"{self.config_path} cannot be read ({exc}).",
+                           "The run folder is damaged; train again into a new folder.") from exc
+        if not isinstance(config, dict) or "options" not in config:
+            raise RunError(f"{self.config_path} is not a covidseg run configuration.",
+                           "Point --run at a folder made by `covidseg train`.")
+        self.check_version(config)
+        return config
+
+    def check_version(self, config: dict) -> None:
+        fmt = config.get("format")
+        if fmt != RUN_FORMAT:
+            raise RunError(f"Run {self.path} has format {fmt}; this covidseg ({__version__}) reads format "
+                           f"{RUN_FORMAT}.", "Train again with this version, or use the covidseg version that made "
+                           "the run.")
+        made_with = (config.get("environment") or {}).get("covidseg", "?")
+        if _major_minor(str(made_with)) != _major_minor(__version__):
+            raise RunError(f"Run {self.path} was made by covidseg {made_with}; this is covidseg {__version__}.",
+                           "Train again with this version, or use the covidseg version that made the run.")
+
+    def check_resumable(self, config: dict, options: dict, data: dict) -> None:
+        """A run may only be resumed with the options and data it was started with."""
+        old = config.get("options", {})
+        diff = [k for k in sorted(set(old) | set(options)) if old.get(k) != options.get(k)]
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {options.get(k)!r}" for k in diff[:4])
+            raise RunError(f"Run {self.path} was started with other options ({shown}).",
+                           "Re-run with the original options to resume, or choose a new --out folder.")
+        if config.get("data", {}).get("fingerprint") != data.get("fingerprint"):
+            raise RunError(f"Run {self.path} was trained on other data ({config.get('data', {}).get('path')}, "
+                           f"{config.get('data', {}).get('n_slices')} slices).",
+                           "Resume with the same --data and labels, or choose a new --out folder.")
+
+    def ensure_intact(self) -> None:
+        """Called before each write during training: a run folder deleted or moved meanwhile is an error, not
+        something to silently re-create half of."""
+        if not self.config_path.is_file():
+            raise RunError(f"The run folder {self.path} was deleted or moved while training.",
+                           "Training stopped. Start it again with a run folder that stays in place.")
+
+    # --- writing -----------------------------------------------------------------------------------------
+    def _write(self, path: Path, write) -> None:
+        try:
+            atomic_write(path, write)
+        except OSError as exc:
+            raise _disk_error(path, exc) from exc
+
+    def append_epoch(self, record: dict) -> None:
+        """Append one epoch's report to epochs.jsonl (rewritten atomically: a torn line is never left)."""
+        self.ensure_intact()
+        path = self.path / EPOCHS_NAME
+        old = path.read_text(encoding="utf-8") if path.is_file() else ""
+        line = json.dumps(record, default=float) + "\n"
+        self._write(path, lambda tmp: tmp.write_text(old + line, encoding="utf-8"))
+
+    def read_epochs(self, stage: str | None = None) -> list[dict]:
+        path = self.path / EPOCHS_NAME
+        if not path.is_file():
+            return []
+        rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        return [r for r in rows if stage is None or r.get("stage") == stage]
+
+    def drop_epochs_after(self, stage: str, epoch: int) -> None:
+        """Forget epochs of `stage` past the checkpoint we resume from (they were lost with the interruption)."""
+        rows = self.read_epochs()
+        keep = [r for r in rows if r.get("stage") != stage or int(r.get("epoch", 0)) <= epoch]
+        if len(keep) != len(rows):
+            text = "".join(json.dumps(r) + "\n" for r in keep)
+            self._write(self.path / EPOCHS_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def save_checkpoint(self, state: dict, name: str) -> Path:
+        import torch
+
+        self.ensure_intact()
+        path = self.checkpoint_path(name)
+        self._write(path, lambda tmp: torch.save(state, tmp))
+        return path
+
+    def load_checkpoint(self, name: str = BEST, map_location: str = "cpu") -> dict:
+        import torch
+
+        path = self.checkpoint_path(name)
+        if not path.is_file():
+            raise RunError(f"Run {self.path} has no checkpoint {CHECKPOINT_DIR}/{name}: its training did not finish "
+                           "a single segmenter epoch.", "Run the same `covidseg train` command again to finish it.")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError) as exc:   # torn or foreign file
+            raise RunError(f"Checkpoint {path} cannot be read ({type(exc).__name__}).",
+                           "The run is damaged; train again into a new folder.") from exc
+        if not isinstance(state, dict) or "model" not in state:
+            raise RunError(f"{path} is not a covidseg checkpoint.", "Train again into a new folder.")
+        return state
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        self.ensure_intact()
+        path = self.path / name
+        try:
+            atomic_write_json(path, obj)
+        except OSError as exc:
+            raise _disk_error(path, exc) from exc
+        return path
+
+    def read_json(self, name: str) -> dict | None:
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
