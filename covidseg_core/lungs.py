@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 MIN_LUNG_AREA_FRAC = 0.004     # of the image area: smaller dark pockets are bowel gas, bronchi, noise
 CLOSING_RADIUS_FRAC = 0.06     # of the short side: fills notches a few mm deep left by bright lesions
 MAX_LUNGS = 2
+MIN_SPREAD = 0.03             # saliency unit floor ([0,1] scale; 45 HU in the lung window): a uniform lung is not noise-salient
 HULL_MAX_GAIN = 0.5          # no hull fill for crescents (lung base over the liver dome): the hull would add more
 HULL_REACH_FRAC = 0.1        # of the short side: how far the convex-hull fill may reach from aerated lung
 
@@ -133,10 +134,13 @@ def lung_saliency(image01: np.ndarray, lung: np.ndarray, sigma_frac: float = 0.0
     out = np.zeros(img.shape, dtype=np.float32)
     if not lung.any():
         return out
-    smooth = ndi.gaussian_filter(img, sigma=max(sigma_frac * min(img.shape), 0.5))
+    # smoothing within the lung only (normalised convolution): the bright chest wall must not bleed into the rim
+    sigma = max(sigma_frac * min(img.shape), 0.5)
+    weight = ndi.gaussian_filter(lung.astype(np.float32), sigma=sigma)
+    smooth = ndi.gaussian_filter(np.where(lung, img, 0.0).astype(np.float32), sigma=sigma) / np.maximum(weight, 1e-6)
     vals = smooth[lung]
     q25, med, q75 = np.percentile(vals, [25, 50, 75])
-    spread = max(q75 - q25, 1e-3)
+    spread = max(q75 - q25, MIN_SPREAD)
     out[lung] = (smooth[lung] - med) / spread
     return out
 
