@@ -476,19 +476,20 @@ class MainWindow(QMainWindow):
         self.run_job("Predicting", pipeline.predict_job(run, s.study, self._lungs), self._on_pipeline_done)
 
     def _on_pipeline_done(self, result: dict) -> None:
-        """A train or predict job finished: show its prediction, pseudo masks and volumes."""
-        self.flush_deferred()
+        """A train or predict job finished: show its prediction, pseudo masks and volumes (after the epoch
+        updates still queued, one part per event-loop turn)."""
         if not result:
             return
+        s = self.session
         if result.get("lungs") is not None:
             self._lungs = result["lungs"]
         if result.get("pseudo") is not None:
-            self.session.set_pseudo(result["pseudo"])
+            self._later(("pseudo",), lambda: s.set_pseudo(result["pseudo"]))
         if result.get("prediction") is not None:
-            self.session.set_prediction(result["prediction"], result.get("run"))
+            self._later(("prediction",), lambda: s.set_prediction(result["prediction"], result.get("run")))
         if result.get("quantification") is not None:
-            self.session.set_quantification(result["quantification"])
-        self._refresh_runs()
+            self._later(("quant",), lambda: s.set_quantification(result["quantification"]))
+        self._later(("runs",), self._refresh_runs)
 
     def _last_run_path(self) -> Path | None:
         return pipeline.last_usable_run(self.session.project) if self.session.project else None
@@ -617,6 +618,7 @@ class MainWindow(QMainWindow):
         self._update_enabled()
 
     def _on_study_changed(self) -> None:
+        self._deferred.clear()          # updates queued for the previous study
         s = self.session
         study = s.study
         if study is None:

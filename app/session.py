@@ -209,6 +209,8 @@ class Session(QObject):
 
     # --- results of runs -----------------------------------------------------------------------------------
     def set_prediction(self, mask_zyx: np.ndarray | None, run: str | None = None) -> None:
+        if self.study is None:
+            return
         if mask_zyx is not None and mask_zyx.shape != self.study.array.shape:
             raise ValueError(f"prediction {mask_zyx.shape} does not match the study {self.study.array.shape}")
         self.prediction = None if mask_zyx is None else (np.asarray(mask_zyx) > 0).astype(np.uint8)

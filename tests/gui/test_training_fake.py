@@ -68,8 +68,9 @@ def test_epochs_fill_the_attention_strip_and_overlays_appear(qtbot, demo_window,
     w.actions_by_name["train"].trigger()
     assert calls and calls[0]["fusion"] in ("avg", "max", "none")
     wait_idle(qtbot, w)
+    qtbot.waitUntil(lambda: w.session.prediction is not None, timeout=5000)
     # the strip was filled in epoch by epoch (the window's slot runs before this one's lambda)
-    assert counts == [2, 3, 4, 5]                 # epochs so far + the fused map
+    assert counts == [0, 2, 3, 4, 5]              # cleared at the start; then epochs so far + the fused map
     assert w.gallery.thumb_count == 5
     assert set(w.training_panel.curve_names()) == {"classifier loss", "segmenter loss", "segmenter val_loss"}
     # overlays: prediction and fused attention on this slice; pseudo mask when switched on
