@@ -50,7 +50,7 @@ def load(data: Path):
 def train_seed(slices, train_vols, seed: int, cfg: Stage1Config, cache: Path | None):
     """Train on the training volumes' labels; return fused maps for all slices, test-volume probabilities and
     epoch timings (cached per seed so threshold studies need no retraining)."""
-    key = f"seed{seed}_e{cfg.cls_epochs}_s{cfg.size}_w{cfg.width}"
+    key = f"seed{seed}_e{cfg.cls_epochs}_s{cfg.size}_w{cfg.width}_n{len(slices)}"
     if cache is not None and (cache / f"{key}.npz").is_file():
         z = np.load(cache / f"{key}.npz", allow_pickle=False)
         log.info("using cached maps %s", key)
@@ -117,12 +117,15 @@ def main(argv=None):
     ap.add_argument("--cls-epochs", type=int, default=Stage1Config.cls_epochs)
     ap.add_argument("--cache", type=Path, default=None, help="folder to keep per-seed maps (reused when present)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--every", type=int, default=1, help="use every k-th slice only (quick checks of this script)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     command = "MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 MALLOC_TOP_PAD_=268435456 " \
               ".venv/bin/python benchmarks/pseudo_masks.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     t_all = time.monotonic()
     slices = load(args.data)
+    if args.every > 1:
+        slices = slices.subset(np.arange(0, len(slices), args.every))
     gt_lung_dir = args.data / "lungs"
     if gt_lung_dir.is_dir():
         from covidseg_core.io.images import read_gray

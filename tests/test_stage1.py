@@ -20,16 +20,25 @@ from covidseg_core.stage1 import Stage1Config, roc_auc, run_stage1
 
 from stage1_synthetic import synthetic_slice_set
 
-FAST = dict(cls_epochs=8, batch_size=16, lr=3e-3, device="cpu", seed=0)
+FAST = dict(cls_epochs=8, batch_size=10, lr=3e-3, device="cpu", seed=0)
 
 
 def dice(a, b):
     return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two, and far faster on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    slices = synthetic_slice_set(n_infected=24, n_clean=24, seed=0, size=64)
+def trained(tmp_path_factory, one_thread):
+    slices = synthetic_slice_set(n_infected=20, n_clean=20, seed=0, size=48)
     out = tmp_path_factory.mktemp("stage1") / "run"
     events = []
     result = drive(run_stage1(slices, out, Stage1Config(fusion="avg", **FAST)), events.append)
@@ -118,7 +127,7 @@ def test_pseudo_mask_convention_and_png_round_trip():
 
 
 def test_cancel_mid_epoch_returns_fast_and_leaves_a_consistent_run(tmp_path):
-    slices = synthetic_slice_set(n_infected=32, n_clean=32, seed=1, size=64)
+    slices = synthetic_slice_set(n_infected=24, n_clean=24, seed=1, size=32)
     token = CancelToken()
     out = tmp_path / "run"
     job = run_stage1(slices, out, Stage1Config(**{**FAST, "batch_size": 8}), token)
