@@ -12,7 +12,7 @@
 # Environment:
 #   PYTHON=python3          the interpreter the venv is made from (3.10+)
 #   TORCH_SPEC=torch==2.13.0
-#   TORCH_INDEX_URL=        an extra index for the torch wheel only (e.g. PyTorch's CUDA or CPU wheel index)
+#   TORCH_INDEX_URL=        the index to take the torch wheel (and its dependencies) from, e.g. PyTorch's CUDA index
 #   TORCH_VARIANT=cpu       cpu: fail if the installed torch is a CUDA build (an unpinned or wrong wheel would pull
 #                           GBs of CUDA libraries); cuda: fail if it is not (docs/packaging.md, "CUDA build")
 #   SMOKE_TIMEOUT=1800      seconds before the smoke test gives up
@@ -54,7 +54,7 @@ if [[ ! -f "$VENV/.pins" || "$(cat "$VENV/.pins")" != "$PINS_ID" ]]; then
     "$PYTHON" -m venv "$VENV"
     # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build on Linux
     if [[ -n "$TORCH_INDEX_URL" ]]; then
-        "$BIN/python" -m pip install -q --extra-index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
+        "$BIN/python" -m pip install -q --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
     else
         "$BIN/python" -m pip install -q "$TORCH_SPEC"
     fi

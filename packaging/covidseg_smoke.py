@@ -212,8 +212,9 @@ def _cli(args: list[str]) -> None:
     from covidseg_core.cli import build_parser, main as cli_main
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    if args[0] not in sub.choices:
-        raise SmokeFailure(f"this build's command line has no `{args[0]}` command (has: {sorted(sub.choices)})")
+    command = next(a for a in args if not a.startswith("-"))
+    if command not in sub.choices:
+        raise SmokeFailure(f"this build's command line has no `{command}` command (has: {sorted(sub.choices)})")
     rc = cli_main(args)
     if rc != 0:
         raise SmokeFailure(f"`covidseg {' '.join(args)}` exited {rc}")

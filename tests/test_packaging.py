@@ -182,3 +182,12 @@ def test_smoke_gui_and_dicom_steps_unfrozen(smoke, tmp_path, monkeypatch):
     assert data["versions"]["torch"]
     saved = json.loads((tmp_path / smoke.REPORT_NAME).read_text(encoding="utf-8"))
     assert saved["ok"] and saved["timings_s"] == data["timings_s"]
+
+
+def test_smoke_cli_step_names_a_missing_command(smoke, tmp_path):
+    with pytest.raises(smoke.SmokeFailure, match="no `nosuch` command"):
+        smoke._cli(["--quiet", "nosuch", "--out", str(tmp_path)])
+    from covidseg_core.demo import write_demo
+
+    write_demo(tmp_path, n_slices=4, size=32)
+    smoke._cli(["--quiet", "info", str(tmp_path / "volume" / "ct.nii.gz")])
