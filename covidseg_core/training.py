@@ -431,6 +431,8 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
         raise InputError("--cls-epochs and --seg-epochs must be at least 1.")
     if cfg.fusion not in ("avg", "max", "none"):
         raise InputError(f"Unknown fusion '{cfg.fusion}'.", "Use avg, max or none.")
+    if cfg.pixel_labels and not Path(cfg.pixel_labels).is_dir():
+        raise InputError(f"--pixel-labels folder {cfg.pixel_labels} does not exist.", "Check the path.")
     if slices is None:
         yield Message(f"reading {data}")
         slices = load_slice_set(data, labels_csv)
