@@ -472,3 +472,27 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
                "ground_truth_report": report}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)
+
+
+def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainConfig, device: str = "auto",
+                     cancel: CancelToken | None = None, note: str = "given targets"):
+    """Generator job: the segmenter alone on given per-slice targets (n, H, W) 0/1/255, into run folder `out`
+    (resumable like train_job). For full supervision on reviewed masks, benchmarks and self-training rounds."""
+    dev = resolve_device(device)
+    run = RunFolder(out)
+    has = np.array([(t != IGNORE).any() for t in targets])
+    h = hashlib.sha1(data_fingerprint(slices).encode())
+    h.update(np.ascontiguousarray(targets).tobytes())
+    data_info = {"path": note, "n_slices": len(slices), "shape": list(slices.images.shape[1:]),
+                 "labels": slices.counts(), "fingerprint": h.hexdigest()}
+    options = cfg.options()
+    if run.exists():
+        run.check_resumable(run.read_config(), options, data_info)
+    else:
+        run.create(options, data_info, str(dev))
+    train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has), cfg.val_fraction, cfg.seed)
+    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, cfg.size)
+    summary = yield from train_segmenter(seg_data, cfg, run, dev, cancel)
+    metrics = {"complete": True, "device": str(dev), "targets": note, "segmenter": summary}
+    run.write_json(METRICS_NAME, metrics)
+    yield Done(metrics)
