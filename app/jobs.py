@@ -7,6 +7,7 @@ cores), so a second job is refused instead of queued behind the user's back.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -80,7 +81,8 @@ class _Worker(QObject):
         try:
             lower_this_thread_priority()
             limit_compute_threads()
-            for ev in self._make_job(self._cancel):
+            job = self._make_job(self._cancel)
+            for ev in job:
                 if isinstance(ev, Done):
                     result = ev.result
                     continue
@@ -90,7 +92,11 @@ class _Worker(QObject):
                         continue
                     last_progress = now
                 self.event.emit(ev)
-                if self._cancel.cancelled:      # stop at the next event even if the job forgot to check
+                if self._cancel.cancelled:
+                    # stop at the next event even if the job does not check the token itself: raised inside the
+                    # job at its yield, so the job's own handlers (recording a cancelled run) still run
+                    job.throw(Cancelled())
+                    job.close()
                     raise Cancelled()
             self.succeeded.emit(result)
         except Cancelled as exc:
@@ -148,6 +154,11 @@ class JobRunner(QObject):
         self._on_done = on_done
         if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        # Python's cyclic garbage collector stops every thread while it scans; with the window's many Qt/pyqtgraph
+        # objects a full scan, triggered by allocations in the job, takes a few hundred ms. Collect once now and
+        # keep what exists (the GUI, the study) out of the scans until the job ends.
+        gc.collect()
+        gc.freeze()
         self._outcome = ("failed", RuntimeError("the job thread ended without a result"))
         self._cancel = CancelToken()
         thread = QThread()
@@ -208,6 +219,7 @@ class JobRunner(QObject):
             worker.deleteLater()
         if thread is not None:
             thread.deleteLater()
+        gc.unfreeze()              # what the GUI dropped meanwhile can be collected again
         self.busy_changed.emit(False)
         if outcome == "done" and on_done is not None:
             try:
@@ -240,12 +252,16 @@ class _LightRunnable(QRunnable):
         except Exception as exc:  # a probe that fails must not take the app down; it is logged and shown as text
             log.exception("background task failed")
             value = f"({type(exc).__name__}: {exc})"
-        self._relay.done.emit(value)
+        try:
+            self._relay.done.emit(value)
+        except RuntimeError:      # the window that asked was closed meanwhile: nobody wants the answer
+            log.debug("background task finished after its window closed")
 
 
 def run_light(fn: Callable[[], Any], on_result: Callable[[Any], None], parent: QObject) -> None:
     """Run a short task that needs no GPU and no cancel (e.g. importing torch to see which device there is)
-    on the thread pool, and hand its result to `on_result` on the GUI thread. Not for training or I/O jobs."""
+    on the thread pool, and hand its result to `on_result` on the GUI thread. Not for training or I/O jobs.
+    `parent` owns the relay: when it is deleted first, the result is dropped."""
     relay = _LightTask(parent)
     relay.done.connect(on_result)
     relay.done.connect(relay.deleteLater)

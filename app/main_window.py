@@ -473,7 +473,9 @@ class MainWindow(QMainWindow):
         if not s.has_study or run is None:
             show_error(self, ProjectError("There is no finished run to predict with.", "Press Train first."))
             return
-        self.run_job("Predicting", pipeline.predict_job(run, s.study, self._lungs), self._on_pipeline_done)
+        device = self.training_settings().get("device", "auto")
+        self.run_job("Predicting", pipeline.predict_job(run, s.project, s.source_id, s.study, device, self._lungs),
+                     self._on_pipeline_done)
 
     def _on_pipeline_done(self, result: dict) -> None:
         """A train or predict job finished: show its prediction, pseudo masks and volumes (after the epoch
@@ -485,6 +487,8 @@ class MainWindow(QMainWindow):
             self._lungs = result["lungs"]
         if result.get("pseudo") is not None:
             self._later(("pseudo",), lambda: s.set_pseudo(result["pseudo"]))
+        if result.get("fused"):
+            self._later(("fused",), lambda: s.set_fused_maps(result["fused"]))
         if result.get("prediction") is not None:
             self._later(("prediction",), lambda: s.set_prediction(result["prediction"], result.get("run")))
         if result.get("quantification") is not None:

@@ -50,9 +50,19 @@ def write_demo_job(out: Path):
     return job
 
 
+_warmed_up = False
+
+
 def describe_device(wanted: str) -> str:
-    """Status-bar text for the device training will use (imports torch: call it off the GUI thread)."""
+    """Status-bar text for the device training will use. Imports torch and makes one optimizer, so the imports
+    torch does lazily on first use (about a second of Python, e.g. its compiler stack when an optimizer is first
+    made) happen at start-up on the thread pool, not in the middle of the user's first training."""
     import torch
+
+    global _warmed_up
+    if not _warmed_up:
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        _warmed_up = True
 
     cuda = torch.cuda.is_available()
     if wanted == "cuda" and not cuda:
@@ -144,11 +154,143 @@ def last_usable_run(project) -> Path | None:
     return None
 
 
+def slice_set_for(project, source_id: str, study: Study):
+    """The core's training input for one study: its slices in [0, 1] and the project's labels."""
+    from covidseg_core.data import SliceSet
+    from covidseg_core.preprocess import to_unit_range
+
+    labels = project.labels(source_id)
+    images = to_unit_range(study.array, study.is_hu, study.meta.get("bits", 8))
+    group = Path(study.source).name or source_id
+    return SliceSet(images=images, ids=list(study.slice_ids), labels=[labels.get(s) for s in study.slice_ids],
+                    groups=[group] * study.n_slices, study=study)
+
+
+def write_pixel_labels(project, source_id: str, study: Study, folder: Path) -> int:
+    """The user's corrections as the core's --pixel-labels folder (PNG 0/255 named as the core names slices)."""
+    from covidseg_core.atomic import atomic_write
+    from covidseg_core.training import pseudo_mask_path
+    from PIL import Image
+
+    n = 0
+    for slice_id in project.corrections(source_id):
+        if slice_id not in study.slice_ids:
+            continue
+        mask = project.correction(source_id, slice_id)
+        if mask is None:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path = pseudo_mask_path(folder, slice_id)
+        atomic_write(path, lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"))
+        n += 1
+    return n
+
+
+def read_run_pngs(folder: Path, study: Study) -> dict[str, np.ndarray]:
+    """RUN/pseudo or RUN/cams: slice id -> PNG array, for the slices that have one."""
+    from covidseg_core.io.images import read_gray
+    from covidseg_core.training import pseudo_mask_path
+
+    out = {}
+    if not folder.is_dir():
+        return out
+    for sid in study.slice_ids:
+        p = pseudo_mask_path(folder, sid)
+        if p.is_file():
+            out[sid] = read_gray(p)
+    return out
+
+
+def train_config(settings: dict):
+    """Project settings -> the core's TrainConfig (the settings the dialog offers; the rest keep their defaults)."""
+    from covidseg_core.training import TrainConfig
+
+    cfg = TrainConfig()
+    return TrainConfig(fusion=settings.get("fusion", cfg.fusion), size=settings.get("size", cfg.size),
+                       cls_epochs=int(settings.get("cls_epochs", cfg.cls_epochs)),
+                       seg_epochs=int(settings.get("seg_epochs", cfg.seg_epochs)),
+                       seed=int(settings.get("seed", cfg.seed)),
+                       **{k: settings[k] for k in ("base", "batch_size", "lr") if settings.get(k) is not None})
+
+
+def _run_summary(metrics: dict | None, status: str, source_id: str, settings: dict, **extra) -> dict:
+    summary = {"status": status, "source": source_id, "settings": settings, **extra}
+    seg = (metrics or {}).get("segmenter") or {}
+    if "best_val_loss" in seg:
+        summary["best_val_loss"] = seg["best_val_loss"]
+    if metrics and "seconds" in metrics:
+        summary["seconds"] = metrics["seconds"]
+    return summary
+
+
 def train_job(project, source_id: str, study: Study, settings: dict, lungs: np.ndarray | None):
+    """The whole pipeline for the open study, as one job: covidseg_core.training.train_job into a new run of the
+    project (stage 1, pseudo masks, segmenter, with the user's corrections as pixel labels), then prediction
+    of the study with that run, saved in the run (covidseg_core.export.save_prediction), then the volumes.
+
+    Done({"run", "prediction", "pseudo", "fused", "quantification", "lungs", "metrics"})."""
+    from covidseg_core.errors import Cancelled
+
     training = _core_module("training")
-    raise NotImplementedError(training)
+    slices = slice_set_for(project, source_id, study)
+    cfg = train_config(settings)
+    device = settings.get("device", "auto")
+    run_dir = project.new_run_dir()
+    pixel_dir = project.folder / "pixel_labels" / run_dir.name
+    n_pixel = write_pixel_labels(project, source_id, study, pixel_dir)
+    if n_pixel:
+        cfg.pixel_labels = str(pixel_dir)
+
+    def job(cancel: CancelToken) -> Iterator:
+        project.add_run(run_dir, _run_summary(None, "running", source_id, settings, pixel_labels=n_pixel))
+        try:
+            metrics = None
+            for ev in training.train_job(study.source, run_dir, cfg, device=device, cancel=cancel, slices=slices):
+                if isinstance(ev, Done):
+                    metrics = ev.result
+                else:
+                    yield ev
+            result = yield from _predict_steps(run_dir, project, source_id, study, device, lungs, cancel)
+        except Cancelled:
+            project.add_run(run_dir, _run_summary(None, "cancelled", source_id, settings, pixel_labels=n_pixel))
+            raise
+        except Exception as exc:  # recorded in the run history, then shown by the GUI (re-raised)
+            project.add_run(run_dir, _run_summary(None, "failed", source_id, settings, error=str(exc)))
+            raise
+        project.add_run(run_dir, _run_summary(metrics, "done", source_id, settings, pixel_labels=n_pixel,
+                                              infected_ml=result["quantification"]["infected_ml"]))
+        result["metrics"] = metrics
+        yield Done(result)
+    return job
 
 
-def predict_job(run: Path, study: Study, lungs: np.ndarray | None):
-    inference = _core_module("inference")
-    raise NotImplementedError(inference)
+def _predict_steps(run_dir: Path, project, source_id: str, study: Study, device: str, lungs, cancel):
+    """Generator: predict the study with a run, save the prediction in the run, read its pseudo masks and
+    fused CAMs, measure the volumes. Returns the result dict."""
+    from covidseg_core.export import save_prediction
+    from covidseg_core.inference import load_run_model, predict_masks
+    from covidseg_core.preprocess import to_unit_range
+
+    yield Progress("predict", 0, study.n_slices, "loading the network")
+    lm = load_run_model(run_dir, device)
+    images = to_unit_range(study.array, study.is_hu, study.meta.get("bits", 8))
+    mask = yield from predict_masks(lm, images, cancel=cancel)
+    save_prediction(run_dir, source_id, mask, study)
+    pseudo = read_run_pngs(run_dir / "pseudo", study)
+    fused = {sid: a.astype(np.float32) / 255.0 for sid, a in read_run_pngs(run_dir / "cams", study).items()}
+    quant = None
+    for ev in quantify_steps(study, mask, lungs, cancel):
+        if isinstance(ev, Done):
+            quant, lungs = ev.result
+        else:
+            yield ev
+    return {"run": str(run_dir), "prediction": mask, "pseudo": pseudo, "fused": fused, "quantification": quant,
+            "lungs": lungs}
+
+
+def predict_job(run: Path, project, source_id: str, study: Study, device: str, lungs: np.ndarray | None):
+    """Predict the open study with an existing run (e.g. after reopening a project)."""
+    def job(cancel: CancelToken) -> Iterator:
+        result = yield from _predict_steps(Path(run), project, source_id, study, device, lungs, cancel)
+        yield Done(result)
+    return job

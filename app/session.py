@@ -240,6 +240,14 @@ class Session(QObject):
                 hist.fused_epoch = epoch
         self.attention_changed.emit(list(maps))
 
+    def set_fused_maps(self, fused: dict[str, np.ndarray]) -> None:
+        """The run's final fused CAM of every infected slice (RUN/cams): shown where training reported none."""
+        for sid, m in fused.items():
+            hist = self.attention.setdefault(sid, AttentionHistory())
+            if hist.fused is None or not hist.cams:
+                hist.fused = np.asarray(m, np.float32)
+        self.attention_changed.emit(list(fused))
+
     def attention_for(self, index: int) -> AttentionHistory | None:
         return self.attention.get(self.slice_id(index)) if self.study is not None else None
 

@@ -6,7 +6,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayout
                                QWidget)
 
 # what the dialog offers when the project has no setting yet: small enough to train on a laptop CPU
-DEFAULTS = {"fusion": "avg", "cls_epochs": 8, "seg_epochs": 8, "image_size": 128, "device": "auto", "seed": 0}
+DEFAULTS = {"fusion": "avg", "cls_epochs": 8, "seg_epochs": 8, "size": 128, "device": "auto", "seed": 0}
 FUSION_TEXT = {"avg": "average (the paper's choice)", "max": "maximum (OAA)", "none": "none (plain CAM of the last "
                                                                                          "epoch)"}
 DEVICE_TEXT = {"auto": "automatic (GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
@@ -28,7 +28,7 @@ class SettingsDialog(QDialog):
         self.fusion.setCurrentIndex(list(FUSION_TEXT).index(s["fusion"]) if s["fusion"] in FUSION_TEXT else 0)
         self.cls_epochs = self._spin(1, 500, s["cls_epochs"])
         self.seg_epochs = self._spin(1, 500, s["seg_epochs"])
-        self.image_size = self._spin(32, 1024, s["image_size"], step=32, suffix=" px")
+        self.image_size = self._spin(32, 1024, s["size"], step=32, suffix=" px")
         self.device = QComboBox()
         for key, text in DEVICE_TEXT.items():
             self.device.addItem(text, key)
@@ -62,5 +62,5 @@ class SettingsDialog(QDialog):
 
     def values(self) -> dict:
         return {"fusion": self.fusion.currentData(), "cls_epochs": self.cls_epochs.value(),
-                "seg_epochs": self.seg_epochs.value(), "image_size": self.image_size.value(),
+                "seg_epochs": self.seg_epochs.value(), "size": self.image_size.value(),
                 "device": self.device.currentData(), "seed": self.seed.value()}

@@ -9,7 +9,7 @@ from covidseg_core.errors import Cancelled
 from covidseg_core.events import Done, EpochReport, Progress
 
 from app import pipeline
-from conftest import max_gap_while, wait_idle
+from conftest import max_gap_while, wait_idle, wait_started_up
 
 
 def burn_cpu(seconds):
@@ -108,6 +108,7 @@ def test_window_responsive_while_training(qtbot, demo_window, fake_training):
     w = demo_window
     _, kwargs = fake_training
     kwargs.update(epochs=12, step_s=0.03)
+    wait_started_up(qtbot, w)
     w.view.set_slice(w.session.study.n_slices // 2)
     w.actions_by_name["train"].trigger()
     qtbot.wait(150)
