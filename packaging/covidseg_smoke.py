@@ -111,6 +111,7 @@ def check_gui(out: Path, report: _Report) -> Path:
     prefs = Prefs(QSettings(str(out / "prefs.ini"), QSettings.Format.IniFormat))
     window = MainWindow(prefs=prefs)
     window.ask_questions = False
+    probing = window.device_label.text()
     failures: list[str] = []
     window.jobs.failed.connect(lambda name, exc: failures.append(f"{name}: {exc}"))
     window.show()
@@ -134,8 +135,14 @@ def check_gui(out: Path, report: _Report) -> Path:
     counts = window.session.counts()
     if study.shape[0] != info["slices"] or counts.get("infected", 0) != info["infected"]:
         raise SmokeFailure(f"the demo opened wrongly: shape {study.shape}, labels {counts}, expected {info}")
-    report.data["gui"] = {"study_shape": list(study.shape), "labels": counts, "title": window.windowTitle()}
     report.timing("open_demo_study", time.time() - shown)
+    # the status bar's device probe imports torch on the thread pool: let it finish before anything else imports
+    # torch (two threads importing torch at once break it) and before the window goes
+    _spin_until(app, lambda: window.device_label.text() != probing, 300, "the device probe in the status bar")
+    if not window.device_label.text().startswith("Device:"):
+        raise SmokeFailure(f"the device probe failed: {window.device_label.text()}")
+    report.data["gui"] = {"study_shape": list(study.shape), "labels": counts, "title": window.windowTitle(),
+                          "device_label": window.device_label.text()}
 
     report.step("gui: close")
     window.close()

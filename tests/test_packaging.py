@@ -5,6 +5,7 @@ import configparser
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,11 @@ def test_desktop_entry_runs_the_bundled_executable():
     assert entry["Exec"].split()[0] == "covidseg-assist" == entry["Icon"]
     assert '"covidseg-assist"' in SPEC.read_text(encoding="utf-8")
     subprocess.run(["bash", "-n", str(PACKAGING / "linux" / "install.sh")], check=True)
+    validator = shutil.which("desktop-file-validate")       # desktop-file-utils, where installed
+    if validator:
+        done = subprocess.run([validator, str(PACKAGING / "linux" / "covidseg-assist.desktop")],
+                              capture_output=True, text=True)
+        assert done.returncode == 0 and "error" not in done.stdout, done.stdout
 
 
 def test_make_icons_writes_png_ico_icns(tmp_path):
@@ -178,6 +184,7 @@ def test_smoke_gui_and_dicom_steps_unfrozen(smoke, tmp_path, monkeypatch):
     assert data["ok"] and data["step"] == "done"
     assert data["gui"]["study_shape"] == [32, 128, 128]
     assert data["gui"]["labels"]["unlabelled"] == 0
+    assert data["gui"]["device_label"].startswith("Device: ")
     assert 0 < data["timings_s"]["startup_to_window"] < data["timings_s"]["total"]
     assert data["versions"]["torch"]
     saved = json.loads((tmp_path / smoke.REPORT_NAME).read_text(encoding="utf-8"))
