@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout,
+                               QWidget)
 
 from .image_utils import blend_heat, rgb_to_pixmap
 from .session import AttentionHistory
@@ -18,6 +19,7 @@ class _Thumb(QWidget):
         pic = QLabel()
         pic.setPixmap(rgb_to_pixmap(rgb))
         pic.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        pic.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         if highlight:
             pic.setStyleSheet("border: 2px solid #ffd166;")
         cap = QLabel(caption)
@@ -27,6 +29,7 @@ class _Thumb(QWidget):
         lay.setSpacing(2)
         lay.addWidget(pic)
         lay.addWidget(cap)
+        lay.addStretch(1)
 
 
 class AttentionGallery(QWidget):
@@ -67,6 +70,7 @@ class AttentionGallery(QWidget):
         while self._row.count() > 1:
             item = self._row.takeAt(0)
             if item.widget() is not None:
+                item.widget().hide()          # deleted at the next event-loop turn; gone from view now
                 item.widget().deleteLater()
         self.thumb_count = 0
 
@@ -102,8 +106,8 @@ class AttentionGallery(QWidget):
             self._row.insertWidget(start + k, _Thumb(blend_heat(gray01, cam, THUMB), f"epoch {epoch}"))
         n = len(cams)
         if hist.fused is not None:
-            self._fused_widget = _Thumb(blend_heat(gray01, hist.fused, THUMB), f"fused (to epoch {hist.fused_epoch})",
-                                        highlight=True)
+            caption = f"fused (to epoch {hist.fused_epoch})" if hist.fused_epoch else "fused (final, from the run)"
+            self._fused_widget = _Thumb(blend_heat(gray01, hist.fused, THUMB), caption, highlight=True)
             self._row.insertWidget(n, self._fused_widget)
             n += 1
         self._shown = (key, epochs)
@@ -114,6 +118,7 @@ class AttentionGallery(QWidget):
         w = getattr(self, "_fused_widget", None)
         if w is not None:
             self._row.removeWidget(w)
+            w.hide()
             w.deleteLater()
             self._fused_widget = None
 

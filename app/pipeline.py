@@ -202,15 +202,14 @@ def read_run_pngs(folder: Path, study: Study) -> dict[str, np.ndarray]:
 
 
 def train_config(settings: dict):
-    """Project settings -> the core's TrainConfig (the settings the dialog offers; the rest keep their defaults)."""
+    """Project settings -> the core's TrainConfig: every setting that names one of its fields, the rest default.
+    (The user's corrections become pixel_labels per run, so that field is not taken from the settings.)"""
+    import dataclasses
+
     from covidseg_core.training import TrainConfig
 
-    cfg = TrainConfig()
-    return TrainConfig(fusion=settings.get("fusion", cfg.fusion), size=settings.get("size", cfg.size),
-                       cls_epochs=int(settings.get("cls_epochs", cfg.cls_epochs)),
-                       seg_epochs=int(settings.get("seg_epochs", cfg.seg_epochs)),
-                       seed=int(settings.get("seed", cfg.seed)),
-                       **{k: settings[k] for k in ("base", "batch_size", "lr") if settings.get(k) is not None})
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"pixel_labels", "fast"}
+    return TrainConfig(**{k: v for k, v in settings.items() if k in fields and v is not None})
 
 
 def _run_summary(metrics: dict | None, status: str, source_id: str, settings: dict, **extra) -> dict:
