@@ -230,7 +230,8 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
                 logits = model(x)
             loss = _balanced_bce(logits.float(), y, pos_fraction)
             if not torch.isfinite(loss):
-                raise TrainingError(f"The classifier's loss became {float(loss.detach())} at epoch {epoch}, batch {b + 1}.",
+                raise TrainingError(f"The classifier's loss became {float(loss.detach())} at epoch {epoch}, "
+                                    f"batch {b + 1}.",
                                     "Lower the learning rate, or check the images for corrupt values.")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
