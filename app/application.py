@@ -54,4 +54,7 @@ def run(argv: list[str] | None = None) -> int:
         window.open_demo()
     elif args.path:
         window.open_path(args.path)
-    return int(app.exec())
+    code = int(app.exec())
+    from PySide6.QtCore import QThreadPool
+    QThreadPool.globalInstance().waitForDone(10000)     # a start-up probe may still be importing torch
+    return code

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -35,12 +36,33 @@ class JobBusy(CovidSegError):
     """A second job was started while one runs."""
 
 
+_torch_lock = threading.Lock()
+_torch_ready = False
+
+
+def warm_up_torch() -> bool:
+    """Import torch and let it do the imports it otherwise does lazily on first use (making an optimizer pulls
+    in its compiler stack: about a second of Python). Once per process, and never in two threads at once: torch's
+    imports are not thread-safe, and the device probe and a job may both get here. False without torch."""
+    global _torch_ready
+    with _torch_lock:
+        if _torch_ready:
+            return True
+        try:
+            import torch
+        except ImportError:       # the app can still open and label studies without torch
+            return False
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        _torch_ready = True
+        return True
+
+
 def limit_compute_threads() -> None:
     """Leave one CPU core to the GUI thread so the window stays responsive while torch trains on the CPU."""
-    try:
-        import torch
-    except ImportError:       # the app can still open and label studies without torch
+    if not warm_up_torch():
         return
+    import torch
+
     cores = os.cpu_count() or 2
     torch.set_num_threads(max(1, cores - 1))
 
@@ -53,7 +75,6 @@ def lower_this_thread_priority() -> None:
     Linux only: there a thread has its own nice value, inherited by the compute threads it starts."""
     if not sys.platform.startswith("linux"):
         return
-    import threading
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + JOB_NICENESS, 19))

@@ -758,7 +758,8 @@ class MainWindow(QMainWindow):
 
     def _probe_device(self) -> None:
         """Which device training will use, shown in the status bar (torch is imported off the GUI thread)."""
-        wanted = self.training_settings().get("device", "auto")
+        p = self.session.project
+        wanted = (p.settings if p is not None else {}).get("device") or "auto"   # no torch import here
         from .jobs import run_light
 
         def show(text: str) -> None:

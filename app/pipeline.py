@@ -50,19 +50,14 @@ def write_demo_job(out: Path):
     return job
 
 
-_warmed_up = False
-
-
 def describe_device(wanted: str) -> str:
-    """Status-bar text for the device training will use. Imports torch and makes one optimizer, so the imports
-    torch does lazily on first use (about a second of Python, e.g. its compiler stack when an optimizer is first
-    made) happen at start-up on the thread pool, not in the middle of the user's first training."""
-    import torch
+    """Status-bar text for the device training will use. Warms torch up first (jobs.warm_up_torch), so its lazy
+    imports happen at start-up on the thread pool, not in the middle of the user's first training."""
+    from .jobs import warm_up_torch
 
-    global _warmed_up
-    if not _warmed_up:
-        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-        _warmed_up = True
+    if not warm_up_torch():
+        return "Device: none (PyTorch is not installed: training is unavailable)"
+    import torch
 
     cuda = torch.cuda.is_available()
     if wanted == "cuda" and not cuda:
@@ -226,21 +221,22 @@ def train_job(project, source_id: str, study: Study, settings: dict, lungs: np.n
     """The whole pipeline for the open study, as one job: covidseg_core.training.train_job into a new run of the
     project (stage 1, pseudo masks, segmenter, with the user's corrections as pixel labels), then prediction
     of the study with that run, saved in the run (covidseg_core.export.save_prediction), then the volumes.
+    Everything, imports included, happens on the job thread.
 
     Done({"run", "prediction", "pseudo", "fused", "quantification", "lungs", "metrics"})."""
     from covidseg_core.errors import Cancelled
 
-    training = _core_module("training")
-    slices = slice_set_for(project, source_id, study)
-    cfg = train_config(settings)
-    device = settings.get("device", "auto")
-    run_dir = project.new_run_dir()
-    pixel_dir = project.folder / "pixel_labels" / run_dir.name
-    n_pixel = write_pixel_labels(project, source_id, study, pixel_dir)
-    if n_pixel:
-        cfg.pixel_labels = str(pixel_dir)
-
     def job(cancel: CancelToken) -> Iterator:
+        training = _core_module("training")
+        yield Progress("classifier", 0, 1, "preparing the slices")
+        slices = slice_set_for(project, source_id, study)
+        cfg = train_config(settings)
+        device = settings.get("device", "auto")
+        run_dir = project.new_run_dir()
+        pixel_dir = project.folder / "pixel_labels" / run_dir.name
+        n_pixel = write_pixel_labels(project, source_id, study, pixel_dir)
+        if n_pixel:
+            cfg.pixel_labels = str(pixel_dir)
         project.add_run(run_dir, _run_summary(None, "running", source_id, settings, pixel_labels=n_pixel))
         try:
             metrics = None

@@ -5,24 +5,31 @@ from __future__ import annotations
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout,
                                QWidget)
 
-def _defaults() -> dict:
+_DEFAULTS: dict | None = None
+
+
+def defaults() -> dict:
     """What the app trains with when the project has no setting yet: the core's fast preset (one study, a
     laptop CPU: about a minute on the demo), average fusion as in the paper."""
-    try:
-        from covidseg_core.training import FAST_PRESET
-    except ImportError:          # a core without training: the dialog still opens
-        FAST_PRESET = {"size": 128, "cls_epochs": 12, "seg_epochs": 12}
-    return {"fusion": "avg", "device": "auto", "seed": 0, **FAST_PRESET}
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        from .jobs import warm_up_torch
+
+        preset = {"size": 128, "cls_epochs": 12, "seg_epochs": 12}
+        if warm_up_torch():          # the core's training module imports torch (never in two threads at once)
+            from covidseg_core.training import FAST_PRESET
+            preset = dict(FAST_PRESET)
+        _DEFAULTS = {"fusion": "avg", "device": "auto", "seed": 0, **preset}
+    return dict(_DEFAULTS)
 
 
-DEFAULTS = _defaults()
 FUSION_TEXT = {"avg": "average (the paper's choice)", "max": "maximum (OAA)", "none": "none (plain CAM of the last "
                                                                                          "epoch)"}
 DEVICE_TEXT = {"auto": "automatic (GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 
 
 def effective_settings(project_settings: dict) -> dict:
-    return {**DEFAULTS, **{k: v for k, v in project_settings.items() if v is not None}}
+    return {**defaults(), **{k: v for k, v in project_settings.items() if v is not None}}
 
 
 class SettingsDialog(QDialog):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
-from conftest import open_study, wait_idle
+from gui_helpers import open_study, wait_idle
 
 sitk = pytest.importorskip("SimpleITK")
 

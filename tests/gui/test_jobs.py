@@ -12,7 +12,7 @@ from covidseg_core.errors import InputError
 from covidseg_core.events import Done, EpochReport, Message, Progress
 
 from app.jobs import JobBusy, JobRunner
-from conftest import max_gap_while
+from gui_helpers import max_gap_while
 
 
 def busy_job(n_steps=40, step_s=0.02, threads=None):

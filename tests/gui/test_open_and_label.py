@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPointF, Qt
 
-from conftest import open_study, wait_idle
+from gui_helpers import open_study, wait_idle
 
 
 def test_open_demo_from_help_menu(qtbot, window):

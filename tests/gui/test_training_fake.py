@@ -9,7 +9,7 @@ from covidseg_core.errors import Cancelled
 from covidseg_core.events import Done, EpochReport, Progress
 
 from app import pipeline
-from conftest import max_gap_while, wait_idle, wait_started_up
+from gui_helpers import max_gap_while, wait_idle, wait_started_up
 
 
 def burn_cpu(seconds):

@@ -4,7 +4,7 @@ and the event loop keeps ticking while it trains."""
 import numpy as np
 import pytest
 
-from conftest import max_gap_while, open_study, wait_idle, wait_started_up
+from gui_helpers import max_gap_while, open_study, wait_idle, wait_started_up
 
 pytest.importorskip("torch")
 
