@@ -87,7 +87,8 @@ class Bench:
     def cfg(self, **kw) -> TrainConfig:
         a = self.args
         return TrainConfig(**{**dict(size=a.size, cls_epochs=a.cls_epochs, seg_epochs=a.seg_epochs, seed=a.seed,
-                                     batch_size=a.batch_size, lr=a.lr, base=a.base), **kw})
+                                     batch_size=a.batch_size, lr=a.lr, base=a.base,
+                                     steps_per_epoch=a.steps_per_epoch), **kw})
 
     def save(self, key: str, value: dict) -> None:
         self.results[key] = value
@@ -172,7 +173,7 @@ class Bench:
                  "ground truth. `_mean` = mean over test images whose ground truth has infection, `_pooled` = "
                  "over all pixels of all test images.", "",
                  f"**Reduced schedule** (2-core shared CPU): size {a.size}, {a.cls_epochs} classifier epochs, "
-                 f"{a.seg_epochs} segmenter epochs, batch {a.batch_size}, lr {a.lr}, seed {a.seed}, width "
+                 f"{a.seg_epochs} segmenter epochs of at most {a.steps_per_epoch or 'all'} batches, batch {a.batch_size}, lr {a.lr}, seed {a.seed}, width "
                  f"{a.base or 'default'}. The `covidseg train` defaults are 30/40 epochs at size 256; these numbers "
                  "are for comparing rows with each other, not the method's ceiling.", "",
                  "Command:", "", "```", command, "```", ""]
@@ -222,9 +223,25 @@ class Bench:
         return "\n".join(lines)
 
 
+BEGIN, END = "<!-- train_eval:begin -->", "<!-- train_eval:end -->"
+
+
+def write_report(path: Path, text: str) -> None:
+    """Replace the generated block of the report (between the markers), keeping hand-written sections."""
+    block = f"{BEGIN}\n{text}\n{END}"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = block + "\n" + old
+    path.write_text(new if new.endswith("\n") else new + "\n", encoding="utf-8")
+
+
 def _log_epochs(event) -> None:
-    from covidseg_core.events import EpochReport, Message
-    if isinstance(event, EpochReport):
+    from covidseg_core.events import EpochReport, Message, Progress
+    if isinstance(event, Progress) and event.stage == "segmenter" and event.done % 20 == 0:
+        log.info("segmenter %s batch %d/%d", event.message, event.done, event.total)
+    elif isinstance(event, EpochReport):
         log.info("%s epoch %d/%d %s %s (%.1f s)", event.stage, event.epoch, event.epochs,
                  {k: round(v, 4) for k, v in event.losses.items()},
                  {k: round(v, 4) for k, v in event.metrics.items() if isinstance(v, float)}, event.seconds)
@@ -242,7 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--seg-epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--base", type=int, default=None)
+    p.add_argument("--base", type=int, default=None, help="network width (default: the model's own)")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap on segmenter batches per epoch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", type=Path, default=ROOT / "docs" / "results_stage2.md")
     args = p.parse_args(argv)
@@ -254,7 +272,7 @@ def main(argv=None) -> int:
     bench = Bench(args)
     for name in args.experiments.split(","):
         getattr(bench, name.strip())()
-        args.report.write_text(bench.report(command) + "\n")
+        write_report(args.report, bench.report(command))
         log.info("wrote %s", args.report)
     return 0
 

@@ -45,6 +45,7 @@ class TrainConfig:
     lr: float = 1e-3
     val_fraction: float = 0.2
     crop: int | None = None           # train on random crops of this side (cheaper steps); None = whole slices
+    steps_per_epoch: int | None = None  # cap on batches per segmenter epoch (large data sets); None = one pass
     pixel_labels: str | None = None   # folder of user masks (PNG 0/255 named as the images)
     fast: bool = False
 
@@ -304,11 +305,15 @@ def train_segmenter(data: SegmenterData, cfg: TrainConfig, run: RunFolder, devic
                             "Label some slices infected or clean, then train again.")
     bs = max(1, min(cfg.batch_size, len(train_idx)))
     n_batches = (len(train_idx) + bs - 1) // bs
+    if cfg.steps_per_epoch:
+        n_batches = min(n_batches, cfg.steps_per_epoch)
     model.train()
     for epoch in range(start_epoch, cfg.seg_epochs + 1):
         t0 = time.monotonic()
         rng, _ = _epoch_generator(cfg.seed, epoch)
         order = train_idx[rng.permutation(len(train_idx))]
+        if cfg.steps_per_epoch:
+            order = order[: cfg.steps_per_epoch * bs]
         running, seen = 0.0, 0
         for bi, s in enumerate(range(0, len(order), bs)):
             cancel.raise_if_cancelled()

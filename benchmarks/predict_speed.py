@@ -1,0 +1,125 @@
+"""How fast `covidseg predict` segments a 300-slice 512x512 volume on this machine, and what helps.
+
+Writes a synthetic 300x512x512 HU volume (the demo generator), makes a run folder holding an untrained network
+of the chosen configuration (weights do not change the speed), then times:
+  - the whole `predict` job (read NIfTI -> window -> network -> write NIfTI), and
+  - the network loop alone under variants: threads, channels_last, batch size, torch.compile.
+
+  OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/predict_speed.py --out out/predict_speed [--size 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from covidseg_core.events import drive  # noqa: E402
+from covidseg_core.inference import (build_model, load_run_model, predict_job,  # noqa: E402
+                                     predict_probabilities)
+from covidseg_core.runs import BEST, RunFolder  # noqa: E402
+from covidseg_core.training import TrainConfig, fast_config  # noqa: E402
+
+log = logging.getLogger("predict_speed")
+
+
+def make_volume(path: Path, n: int, size: int) -> None:
+    import SimpleITK as sitk
+
+    from covidseg_core.demo import make_demo_volume
+    if path.is_file():
+        return
+    hu, _, _ = make_demo_volume(seed=0, n_slices=n, size=size)
+    img = sitk.GetImageFromArray(hu.astype(np.int16))
+    img.SetSpacing((0.7, 0.7, 1.0))
+    sitk.WriteImage(img, str(path), True)
+
+
+def make_run(path: Path, cfg: TrainConfig) -> None:
+    run = RunFolder(path)
+    if run.checkpoint_path(BEST).is_file():
+        return
+    if not run.exists():
+        run.create(cfg.options(), {"path": "synthetic"}, "cpu")
+    model = build_model(cfg.model_spec())
+    run.save_checkpoint({"model": model.state_dict(), "epoch": 0, "spec": cfg.model_spec()}, BEST)
+
+
+def time_loop(lm, images, batch_size) -> float:
+    t0 = time.monotonic()
+    drive(predict_probabilities(lm, images, batch_size))
+    return time.monotonic() - t0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, default=ROOT / "out" / "predict_speed")
+    p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--image", type=int, default=512)
+    p.add_argument("--preset", choices=("default", "fast"), default="default")
+    p.add_argument("--variants", default="threads,channels_last,batch,compile")
+    p.add_argument("--loop-slices", type=int, default=60, help="slices per variant timing (scaled to the volume)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    vol = args.out / f"synthetic_{args.slices}x{args.image}.nii.gz"
+    make_volume(vol, args.slices, args.image)
+    cfg = TrainConfig() if args.preset == "default" else fast_config()
+    run = args.out / f"run_{args.preset}"
+    make_run(run, cfg)
+    results = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "preset": args.preset,
+               "size": cfg.size, "volume": [args.slices, args.image, args.image], "load_avg": os.getloadavg()}
+
+    t0 = time.monotonic()
+    summary = drive(predict_job(run, vol, args.out / "pred"))
+    results["predict_job_seconds"] = round(time.monotonic() - t0, 2)
+    results["predict_job_threads"] = torch.get_num_threads()
+    log.info("whole predict job: %.1f s (%s)", results["predict_job_seconds"], summary)
+
+    rng = np.random.default_rng(0)
+    images = rng.random((args.loop_slices, args.image, args.image), dtype=np.float32)
+    scale = args.slices / args.loop_slices
+    variants = {}
+    lm = load_run_model(run, "cpu")
+    wanted = args.variants.split(",")
+    if "threads" in wanted:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            variants[f"threads={n}"] = time_loop(lm, images, None) * scale
+        torch.set_num_threads(os.cpu_count() or 1)
+    if "channels_last" in wanted:
+        plain = load_run_model(run, "cpu")
+        plain.model = plain.model.to(memory_format=torch.contiguous_format)
+        variants["contiguous (no channels_last)"] = time_loop(plain, images, None) * scale
+    if "batch" in wanted:
+        for bs in (1, 4, 16):
+            variants[f"batch={bs}"] = time_loop(lm, images, bs) * scale
+    if "compile" in wanted:
+        try:
+            compiled = load_run_model(run, "cpu")
+            compiled.model = torch.compile(compiled.model)
+            time_loop(compiled, images[:4], None)              # compile outside the timing
+            variants["torch.compile"] = time_loop(compiled, images, None) * scale
+        except Exception as exc:   # noqa: BLE001 - a compiler that is missing here is a result, not a crash
+            variants["torch.compile"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    results["network_loop_seconds_for_volume"] = {k: (round(v, 1) if isinstance(v, float) else v)
+                                                  for k, v in variants.items()}
+    results["load_avg_after"] = os.getloadavg()
+    log.info("%s", json.dumps(results, indent=2))
+    (args.out / f"results_{args.preset}.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
