@@ -357,7 +357,8 @@ class SliceView(QWidget):
                           else (resize_nearest(base, shape) > 0).astype(np.uint8))
         return True
 
-    def paint(self, y: int, x: int, radius: int | None = None, erase: bool | None = None) -> None:
+    def paint(self, y: int, x: int, radius: int | None = None, erase: bool | None = None,
+              refresh: bool = True) -> None:
         """Paint (or erase) a disc on the current slice's editable mask. Public so tests can paint exactly."""
         if not self._start_edit():
             return
@@ -367,20 +368,37 @@ class SliceView(QWidget):
         yy, xx = np.ogrid[:h, :w]
         disc = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
         self._edit[disc] = 0 if erase else 1
-        self._refresh_layer("prediction")
+        if refresh:
+            self._refresh_layer("prediction")
 
     def finish_stroke(self) -> None:
+        self._last_paint = None
         if self._edit is not None:
             self.stroke_finished.emit(self._index, self._edit.copy())
 
     def _paint_at(self, scene_pos: QPointF, finish: bool = False) -> None:
+        """Paint at the mouse, and along the segment from the previous point (mouse moves arrive sparsely)."""
         yx = self.pixel_at(scene_pos)
         if yx is not None:
-            self.paint(*yx)
+            last = getattr(self, "_last_paint", None)
+            if last is None:
+                self.paint(*yx)
+            else:
+                r = self.brush_radius
+                n = max(1, int(np.ceil(np.hypot(yx[0] - last[0], yx[1] - last[1]) / max(r / 2.0, 0.5))))
+                for k in range(1, n + 1):
+                    self.paint(round(last[0] + (yx[0] - last[0]) * k / n), round(last[1] + (yx[1] - last[1]) * k / n),
+                               refresh=False)
+                self._refresh_layer("prediction")
+            self._last_paint = yx
         if finish:
             self.finish_stroke()
 
     def _paint_drag(self, ev) -> None:
+        if ev.isStart():
+            self._last_paint = self.pixel_at(ev.buttonDownScenePos())
+            if self._last_paint is not None:
+                self.paint(*self._last_paint)
         self._paint_at(ev.scenePos(), finish=ev.isFinish())
 
     def discard_edit(self) -> None:
