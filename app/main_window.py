@@ -637,6 +637,7 @@ class MainWindow(QMainWindow):
         self._on_labels_changed([])
         self._on_corrections_changed([])
         self.quant_panel.set_result(None, None)
+        self.training_panel.clear_curves()          # the curves belong to the previous study's training
         self._update_enabled()
         self._on_slice_changed(self.view.index)
 

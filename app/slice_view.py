@@ -365,9 +365,12 @@ class SliceView(QWidget):
         r = self.brush_radius if radius is None else radius
         erase = (self.tool == "eraser") if erase is None else erase
         h, w = self._edit.shape
-        yy, xx = np.ogrid[:h, :w]
+        y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, h), max(x - r, 0), min(x + r + 1, w)
+        if y0 >= y1 or x0 >= x1:
+            return
+        yy, xx = np.ogrid[y0:y1, x0:x1]
         disc = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
-        self._edit[disc] = 0 if erase else 1
+        self._edit[y0:y1, x0:x1][disc] = 0 if erase else 1
         if refresh:
             self._refresh_layer("prediction")
 
