@@ -94,6 +94,20 @@ if [[ "$(uname -s)" == Linux ]]; then
     cp packaging/linux/covidseg-assist.desktop packaging/linux/install.sh "$BUNDLE/linux/"
     cp build/icons/covidseg-assist-{16,24,32,48,64,128,256,512}.png "$BUNDLE/linux/icons/"
 fi
+X11_MISSING=""
+if [[ "$(uname -s)" == Linux ]]; then
+    # Qt's X11 plugin loads system libraries that PyInstaller bundles only when the build machine has them; what is
+    # missing here must be installed on every target desktop instead (Debian/Ubuntu: libxcb-icccm4 libxcb-keysyms1)
+    XCB=$(find "$BUNDLE/_internal" -path "*platforms/libqxcb.so" | head -1)
+    if [[ -n "$XCB" ]]; then
+        X11_MISSING=$(LD_LIBRARY_PATH="$BUNDLE/_internal:$(dirname "$XCB")/../../lib" ldd "$XCB" \
+                      | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ' || true)
+    fi
+    if [[ -n "$X11_MISSING" ]]; then
+        echo "   warning: not bundled, so needed on the target for X11: $X11_MISSING(install them here and rebuild" \
+             "to bundle them: apt-get install libxcb-icccm4 libxcb-keysyms1)"
+    fi
+fi
 T_BUILT=$(now)
 BUNDLE_BYTES=$(du -sb "$BUNDLE" | cut -f1)
 echo "   bundle: $BUNDLE, $(du -sh "$BUNDLE" | cut -f1)"
@@ -134,10 +148,10 @@ fi
 T_END=$(now)
 
 "$BIN/python" - "$SMOKE/out/smoke-report.json" "$REPORT" "$BUNDLE_BYTES" "$T_START" "$T_VENV" "$T_BUILT" "$T_END" \
-        "$SMOKE_RC" <<'EOF'
+        "$SMOKE_RC" "$X11_MISSING" <<'EOF'
 import json, platform, sys
 from pathlib import Path
-smoke_path, out, size, t0, t_venv, t_built, t_end, rc = sys.argv[1:]
+smoke_path, out, size, t0, t_venv, t_built, t_end, rc, x11_missing = sys.argv[1:]
 smoke = json.loads(Path(smoke_path).read_text()) if Path(smoke_path).is_file() else {"ok": False, "error": "no report"}
 report = {
     "platform": platform.platform(),
@@ -145,6 +159,8 @@ report = {
     "bundle_mib": round(int(size) / 2**20, 1),
     "venv_s": round(float(t_venv) - float(t0), 1),
     "pyinstaller_s": round(float(t_built) - float(t_venv), 1),
+    "smoke_s": round(float(t_end) - float(t_built), 1),
+    "x11_libraries_not_bundled": x11_missing.split(),
     "smoke_exit": int(rc),
     "smoke_ok": bool(smoke.get("ok")) and int(rc) == 0,
     "smoke_timings_s": smoke.get("timings_s"),
