@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt
 
 from gui_helpers import open_study, wait_idle
 

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QThread
 
 from covidseg_core.errors import InputError
 from covidseg_core.events import Done, EpochReport, Message, Progress

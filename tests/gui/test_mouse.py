@@ -1,5 +1,4 @@
 """Mouse on the slice view: brush strokes by dragging, window/level by right-drag, slices by the wheel."""
-import numpy as np
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtTest import QTest
 

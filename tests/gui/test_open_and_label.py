@@ -1,5 +1,4 @@
 """Opening the demo study, reading it (window/level, slices, HU readout) and labelling by keys with undo/redo."""
-import numpy as np
 import pytest
 from PySide6.QtCore import QPointF, Qt
 

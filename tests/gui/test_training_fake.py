@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 import pytest
-from covidseg_core.errors import Cancelled
 from covidseg_core.events import Done, EpochReport, Progress
 
 from app import pipeline

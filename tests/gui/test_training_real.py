@@ -1,7 +1,6 @@
 """The real pipeline (covidseg_core.training) run from the window with the smallest settings: per-epoch maps
 reach the attention strip, the prediction overlay appears, the run is recorded, Cancel leaves a cancelled run,
 and the event loop keeps ticking while it trains."""
-import numpy as np
 import pytest
 
 from gui_helpers import max_gap_while, open_study, wait_idle, wait_started_up
