@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from covidseg_core.errors import InputError
-from covidseg_core.models.base import pad_to_multiple
+from covidseg_core.models.base import fold_batchnorm, pad_to_multiple
 from covidseg_core.models.blocks import (ASPP, MDPPM, ChannelAttention, ConvBlock, DepthwiseSeparableConv,
                                          FEBlock, InvertedResidual, SpatialAttention)
 from covidseg_core.models.segmenter import SEGMENTER_NAMES, LightUNet, build_segmenter
@@ -180,3 +180,32 @@ def test_bad_input_shapes_are_refused():
         build_segmenter("resnet")
     with pytest.raises(ValueError):
         LightUNet(bottleneck="psp")
+
+
+@pytest.mark.parametrize("name", ["light", "unet"])
+def test_inference_copy_folds_batchnorm_and_keeps_outputs(name):
+    model = build_segmenter(name, **({"base": 8} if name == "unet" else {}))
+    with torch.no_grad():  # BN statistics far from the identity, so a wrong fold would show
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.train()
+    fast = model.inference_copy()
+    assert model.training, "the original must be left as it was"
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    n_bn_left = sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    # only the FE blocks' BN after the shortcut sum has no conv before it
+    assert n_bn_left == sum(isinstance(m, FEBlock) for m in model.modules()) < n_bn
+    assert not any(p.requires_grad for p in fast.parameters())
+    x = torch.rand(2, 1, 37, 29)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.predict(x), model.predict(x), atol=1e-5, rtol=1e-4)
+
+
+def test_fold_batchnorm_needs_eval_mode():
+    with pytest.raises(ValueError):
+        fold_batchnorm(LightUNet().train())

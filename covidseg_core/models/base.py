@@ -5,9 +5,12 @@ the image is large enough, zeros otherwise) and the output cropped back.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from ..errors import InputError
 
@@ -21,6 +24,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     # reflect needs the pad to be smaller than the side it mirrors
     mode = "reflect" if pad_h < h and pad_w < w else "constant"
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d in an nn.Sequential into that conv's weights, in
+    place; the module must be in eval mode (running statistics are used). Returns the module."""
+    if module.training:
+        raise ValueError("fold_batchnorm needs a module in eval mode")
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+                seq[i + 1] = nn.Identity()
+    return module
 
 
 class SegmenterBase(nn.Module):
@@ -52,6 +70,14 @@ class SegmenterBase(nn.Module):
             return torch.sigmoid(self(x))
         finally:
             self.train(was_training)
+
+    def inference_copy(self, channels_last: bool = True) -> "SegmenterBase":
+        """A frozen copy for prediction only: eval mode, BatchNorm folded into the convs and, by default,
+        channels-last weights: on CPU that pair ran the light net 1.4x faster than eager (paired runs, 512x512,
+        one thread; see benchmarks/model_cost.py). Same outputs as `self.eval()` up to float rounding."""
+        twin = fold_batchnorm(copy.deepcopy(self).eval())
+        twin.requires_grad_(False)
+        return twin.to(memory_format=torch.channels_last) if channels_last else twin
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
