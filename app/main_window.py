@@ -215,6 +215,7 @@ class MainWindow(QMainWindow):
     def _wire(self) -> None:
         s, v = self.session, self.view
         v.slice_changed.connect(self._on_slice_changed)
+        v.link_activated.connect(self._on_welcome_link)
         v.hover_info.connect(self.hover_label.setText)
         v.window_changed.connect(self._on_window_changed)
         v.stroke_finished.connect(self._on_stroke_finished)
@@ -287,6 +288,10 @@ class MainWindow(QMainWindow):
         path = QFileDialog.getExistingDirectory(self, "Open a project folder", str(user_data_dir()))
         if path:
             self.open_path(path)
+
+    def _on_welcome_link(self, link: str) -> None:
+        {"demo": self.open_demo, "open": self.choose_study, "open_folder": self.choose_image_folder,
+         "project": self.choose_project}.get(link, lambda: None)()
 
     def _fill_recent_menu(self) -> None:
         self.recent_menu.clear()

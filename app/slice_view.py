@@ -11,7 +11,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QTransform
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QStackedWidget, QVBoxLayout, QWidget
 
 from covidseg_core.preprocess import BONE_WINDOW, LUNG_WINDOW, MEDIASTINUM_WINDOW
 
@@ -21,6 +21,17 @@ INTENSITY_WINDOW = (255.0, 127.5)      # 8-bit images are already windowed: show
 LAYERS = ("prediction", "pseudo", "attention")
 DEFAULT_OPACITY = {"prediction": 0.45, "pseudo": 0.45, "attention": 0.5}
 PAGE_STEP = 10
+
+WELCOME_HTML = (
+    "<h2>CovidSeg Assist</h2>"
+    "<p>Label CT slices <b>infected</b> or <b>clean</b>, press <b>Train</b>, watch the attention maps sharpen "
+    "epoch by epoch, correct the masks and export them as NIfTI.</p>"
+    "<p><a style='color:#ffd166' href='demo'>Open the demo study</a> to see everything in one click,<br>"
+    "or <a style='color:#4cc9f0' href='open'>open a NIfTI volume</a> &nbsp;·&nbsp; "
+    "<a style='color:#4cc9f0' href='open_folder'>a DICOM or image folder</a> &nbsp;·&nbsp; "
+    "<a style='color:#4cc9f0' href='project'>a project</a></p>"
+    "<p style='color:#8a96a3'>Keys: I infected · C clean · U unlabel · N next unlabelled · ↑↓ PgUp PgDn slices · "
+    "1 2 3 lung / mediastinum / bone window · right-drag window/level · Ctrl+wheel zoom</p>")
 
 LayerSource = Callable[[int], "np.ndarray | None"]
 
@@ -107,6 +118,7 @@ class SliceView(QWidget):
     """CT slice viewer with overlays, window/level, slice navigation, and a brush/eraser for the predicted mask."""
 
     slice_changed = Signal(int)
+    link_activated = Signal(str)             # a link of the welcome text: "open", "open_folder", "demo"
     hover_info = Signal(str)                 # "slice 12/32  x 40 y 71  -650 HU"
     window_changed = Signal(float, float)    # width, level
     stroke_finished = Signal(int, object)    # slice index, edited mask (y, x) uint8 0/1
@@ -153,9 +165,18 @@ class SliceView(QWidget):
         bottom = QHBoxLayout()
         bottom.addWidget(self._slider, 1)
         bottom.addWidget(self._pos_label)
+        self._welcome = QLabel(WELCOME_HTML)
+        self._welcome.setObjectName("welcome")
+        self._welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self._welcome.setWordWrap(True)
+        self._welcome.setStyleSheet("background: #101418; color: #c8d0da; font-size: 15px; padding: 40px;")
+        self._welcome.linkActivated.connect(self.link_activated)
+        self._stack = QStackedWidget()
+        self._stack.addWidget(self._welcome)
+        self._stack.addWidget(self._glw)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self._glw, 1)
+        layout.addWidget(self._stack, 1)
         layout.addLayout(bottom)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
 
@@ -172,7 +193,9 @@ class SliceView(QWidget):
                 item.clear()
             self._slider.setEnabled(False)
             self._pos_label.setText("No study open")
+            self._stack.setCurrentWidget(self._welcome)
             return
+        self._stack.setCurrentWidget(self._glw)
         self._window = window or (LUNG_WINDOW if is_hu else INTENSITY_WINDOW)
         # non-square pixels: stretch y so the anatomy keeps its shape
         sx, sy = self._spacing[0], self._spacing[1]

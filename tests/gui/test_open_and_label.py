@@ -113,3 +113,10 @@ def test_bad_path_shows_one_error_dialog(qtbot, window, tmp_path):
     assert boxes and "Nothing to read" in boxes[-1].text()
     assert window.session.study is None
     wait_idle(qtbot, window)
+
+
+def test_welcome_page_links_open_the_demo(qtbot, window):
+    assert window.view._stack.currentWidget() is window.view._welcome
+    window.view._welcome.linkActivated.emit("demo")
+    qtbot.waitUntil(lambda: window.session.has_study and not window.jobs.busy, timeout=60000)
+    assert window.view._stack.currentWidget() is window.view._glw
