@@ -52,6 +52,13 @@ def test_real_training_fills_strip_and_overlays(qtbot, small_window):
     assert (Path(runs[-1]["path"]) / "predictions" / f"{s.source_id}.nii.gz").is_file()
     assert s.quantification is not None and "mL" in w.quant_panel.study_line.text()
     assert "classifier loss" in w.training_panel.curve_names()
+    # "Predict with the last run" gives the same masks again
+    first = s.prediction.copy()
+    assert w.actions_by_name["predict"].isEnabled()
+    w.actions_by_name["predict"].trigger()
+    wait_idle(qtbot, w, timeout=60000)
+    qtbot.wait(100)
+    assert (s.prediction == first).all()
     # responsiveness, measured while the real job ran
     assert ticks > 50
     assert gap < 0.1, f"the GUI thread stalled {gap * 1000:.0f} ms"
