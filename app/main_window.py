@@ -375,6 +375,8 @@ class MainWindow(QMainWindow):
             n = self.session.import_study_labels()
             if n:
                 self.statusBar().showMessage(f"{n} slice labels taken from the study's labels.csv.", 8000)
+            for ev in result.get("epochs") or []:
+                self.training_panel.show_epoch(ev)       # the curves of the run whose prediction is shown
             if result.get("prediction") is not None:
                 self.session.set_prediction(result["prediction"], result.get("run"))
                 self._start_quantify()

@@ -35,8 +35,30 @@ def load_study_job(project, source_id: str):
         yield Progress("load", 1, 2, f"{study.n_slices} slices")
         prediction, run = latest_prediction(project, source_id, study.shape)
         yield Progress("load", 2, 2, f"{study.n_slices} slices")
-        yield Done({"study": study, "prediction": prediction, "run": run})
+        yield Done({"study": study, "prediction": prediction, "run": run,
+                    "epochs": run_loss_history(Path(run)) if run else []})
     return job
+
+
+def run_loss_history(run: Path) -> list:
+    """The loss curves of a finished run (RUN/epochs.jsonl) as EpochReports, to show again when it is reopened.
+    A key named "loss" or ending in "_loss" is a loss; the rest of each line are metrics."""
+    from covidseg_core.events import EpochReport
+    from covidseg_core.runs import RunFolder
+
+    reports = []
+    records = RunFolder(run).read_epochs()
+    last = {}
+    for r in records:
+        last[r.get("stage")] = max(last.get(r.get("stage"), 0), int(r.get("epoch", 0)))
+    for r in records:
+        losses = {(k[:-5] if k.endswith("_loss") else k): float(v) for k, v in r.items()
+                  if (k == "loss" or k.endswith("_loss")) and isinstance(v, (int, float))}
+        metrics = {k: v for k, v in r.items() if k not in ("stage", "epoch", "seconds") and isinstance(v, (int, float))
+                   and not (k == "loss" or k.endswith("_loss"))}
+        reports.append(EpochReport(str(r.get("stage")), int(r.get("epoch", 0)), last.get(r.get("stage"), 0),
+                                   losses=losses, metrics=metrics, seconds=float(r.get("seconds", 0.0))))
+    return reports
 
 
 def write_demo_job(out: Path):

@@ -59,6 +59,13 @@ def test_real_training_fills_strip_and_overlays(qtbot, small_window):
     wait_idle(qtbot, w, timeout=60000)
     qtbot.wait(100)
     assert (s.prediction == first).all()
+    # reopening the project shows that run's prediction and loss curves again
+    folder = s.project.folder
+    s.close_project()
+    w.open_path(folder)
+    qtbot.waitUntil(lambda: w.session.has_study and w.session.prediction is not None, timeout=30000)
+    assert (w.session.prediction == first).all()
+    assert {"classifier loss", "segmenter train", "segmenter val"} <= set(w.training_panel.curve_names())
     # responsiveness, measured while the real job ran
     assert ticks > 50
     assert gap < 0.1, f"the GUI thread stalled {gap * 1000:.0f} ms"
