@@ -78,6 +78,16 @@ def show_error(parent: QWidget | None, exc: BaseException) -> None:
         box.exec()
 
 
+def show_warnings(parent: QWidget | None, title: str, intro: str, warnings: list[str]) -> QMessageBox:
+    """Things the user should know but that did not stop anything (e.g. gaps between DICOM slices). Non-modal."""
+    box = QMessageBox(QMessageBox.Icon.Information, title, intro, QMessageBox.StandardButton.Ok, parent)
+    box.setObjectName("warningsDialog")
+    box.setInformativeText("\n\n".join(f"• {w}" for w in warnings))
+    box.setModal(False)
+    box.show()
+    return box
+
+
 def install_excepthook() -> None:
     """Uncaught exceptions in slots: log them and show the dialog instead of letting Qt abort."""
     def hook(exc_type, exc, tb):

@@ -16,7 +16,7 @@ from covidseg_core.project import Project
 
 from . import pipeline
 from .attention_gallery import AttentionGallery
-from .errors_ui import log_path, show_error
+from .errors_ui import log_path, show_error, show_warnings
 from .export_dialog import ExportDialog
 from .jobs import JobBusy, JobRunner
 from .label_panel import LabelPanel
@@ -637,8 +637,8 @@ class MainWindow(QMainWindow):
             self.view.set_volume(study.array, study.is_hu, study.spacing, window)
             name = Path(study.source).name
             self.setWindowTitle(f"{name} — {s.project.name} — {APP_TITLE}")
-            for w in study.warnings:
-                self.statusBar().showMessage(w, 10000)
+            if study.warnings:
+                show_warnings(self, "Study read with warnings", f"{name} was opened, but note:", study.warnings)
         self._on_labels_changed([])
         self._on_corrections_changed([])
         self.quant_panel.set_result(None, None)

@@ -86,3 +86,14 @@ def test_recent_projects_and_reopening(qtbot, demo_window):
     assert w.prefs.recent_projects()[0] == folder
     w._fill_recent_menu()
     assert folder in [a.text() for a in w.recent_menu.actions()]
+
+
+def test_study_warnings_are_shown(qtbot, window, tmp_path):
+    from synthetic_dicom import write_synthetic_series
+    folder = tmp_path / "gappy"
+    paths = write_synthetic_series(folder, 8, series_uid="1.2.3.9", shape=(16, 16), shuffle_names=False)
+    paths[4].unlink()                       # a missing slice: a gap the loader warns about
+    open_study(qtbot, window, folder, tmp_path / "p")
+    assert window.session.study.warnings
+    boxes = [b for b in window.findChildren(QMessageBox) if b.objectName() == "warningsDialog"]
+    assert boxes and "gap" in boxes[-1].informativeText()
