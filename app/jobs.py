@@ -90,15 +90,17 @@ class _Worker(QObject):
     succeeded = Signal(object)    # the result of the Done event (None if the job yielded none)
     finished = Signal()
 
-    def __init__(self, make_job: JobFactory, cancel: CancelToken):
+    def __init__(self, make_job: JobFactory, cancel: CancelToken, name: str = "job"):
         super().__init__()
         self._make_job = make_job
         self._cancel = cancel
+        self._name = f"job:{name}"
 
     @Slot()
     def run(self) -> None:
         result = None
         last_progress = 0.0
+        threading.current_thread().name = self._name      # names the job's thread in the log
         try:
             lower_this_thread_priority()
             limit_compute_threads()
@@ -184,7 +186,7 @@ class JobRunner(QObject):
         self._cancel = CancelToken()
         thread = QThread()
         thread.setObjectName(f"job:{name}")
-        worker = _Worker(make_job, self._cancel)
+        worker = _Worker(make_job, self._cancel, name)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
         # the worker lives in the job thread, self in the GUI thread: these connections are queued
@@ -242,12 +244,13 @@ class JobRunner(QObject):
             thread.deleteLater()
         gc.unfreeze()              # what the GUI dropped meanwhile can be collected again
         self.busy_changed.emit(False)
+        log.info("job %s: %s", outcome, name)
         if outcome == "done" and on_done is not None:
             try:
                 on_done(value)
             except CovidSegError as exc:
+                log.warning("after job %s: %s", name, exc)
                 outcome, value = "failed", exc
-        log.info("job %s: %s", outcome, name)
         if outcome == "done":
             self.succeeded.emit(name, value)
         elif outcome == "cancelled":
