@@ -77,7 +77,7 @@ def cmd_predict(args) -> int:
 
     configure_cpu_threads()
     summary = _run_job(predict_job(args.run, args.input, args.out, device=args.device, batch_size=args.batch_size,
-                                   series_uid=args.series), quiet=args.quiet)
+                                   series_uid=args.series, precision=args.precision), quiet=args.quiet)
     _print_json(summary)
     return 0
 
@@ -115,6 +115,9 @@ def register(sub, commands: dict) -> None:
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     r.add_argument("--batch-size", type=_positive_int, default=None)
     r.add_argument("--series", default=None, help="SeriesInstanceUID when a DICOM folder holds several")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on CPUs with AMX/AVX-512 BF16 (2-3x faster, masks differ in ~0.05%% of "
+                   "pixels), mixed precision on CUDA; fp32: full precision everywhere")
     r.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="Dice / sensitivity / specificity of predicted masks as JSON")
