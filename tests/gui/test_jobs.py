@@ -4,7 +4,6 @@ The generators here are test doubles of a core job (the app itself only runs cor
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from covidseg_core.errors import InputError
@@ -14,16 +13,22 @@ from app.jobs import JobBusy, JobRunner
 from gui_helpers import max_gap_while
 
 
+def burn_cpu(seconds):
+    """Work like a training batch: torch ops (which release the GIL), on the threads the runner allows."""
+    import torch
+    x = torch.rand(200, 200)
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        x = torch.tanh(x @ x.T / 200.0)
+
+
 def busy_job(n_steps=40, step_s=0.02, threads=None):
     def job(cancel):
         for i in range(n_steps):
             if threads is not None:
                 threads.add(threading.get_ident())
             cancel.raise_if_cancelled()
-            t = time.perf_counter()
-            x = np.random.default_rng(i).random((200, 200))
-            while time.perf_counter() - t < step_s:      # CPU work holding the GIL in short bursts
-                x = x @ x.T / 200.0
+            burn_cpu(step_s)
             yield Progress("classifier", i + 1, n_steps, "batch")
             if (i + 1) % 10 == 0:
                 yield EpochReport("classifier", (i + 1) // 10, n_steps // 10, losses={"loss": 1.0 / (i + 1)})
