@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, Qt, QThread, QThreadPool, Signal, Slot
 
 from covidseg_core.errors import Cancelled, CovidSegError
 from covidseg_core.events import CancelToken, Done, EpochReport, Message, Progress
@@ -193,7 +193,9 @@ class JobRunner(QObject):
         worker.event.connect(self._relay)
         worker.succeeded.connect(self._on_succeeded)
         worker.failed.connect(self._on_failed)
-        worker.finished.connect(thread.quit)
+        # direct: quit() is thread-safe, and a queued call would wait for the GUI thread (which may be blocked in
+        # wait() at shutdown)
+        worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
         thread.finished.connect(self._on_thread_finished)
         self._thread, self._worker = thread, worker
         log.info("job started: %s", name)

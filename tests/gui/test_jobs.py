@@ -110,3 +110,16 @@ def test_event_loop_stays_responsive_while_a_job_runs(qtbot, qapp):
     gap, ticks = max_gap_while(qtbot, lambda: runner.busy, timeout_s=30)
     assert ticks > 20
     assert gap < 0.1, f"the GUI thread stalled {gap * 1000:.0f} ms"
+
+
+def test_wait_after_cancel_does_not_need_the_event_loop(qtbot, qapp):
+    runner = JobRunner()
+    progress = []
+    runner.progress.connect(lambda ev: progress.append(ev.done))
+    runner.start("long", busy_job(n_steps=10_000, step_s=0.01))
+    qtbot.waitUntil(lambda: len(progress) > 1, timeout=10000)
+    runner.cancel()
+    t0 = time.perf_counter()
+    assert runner.wait(10000)                  # blocks the GUI thread, as closing the window does
+    assert time.perf_counter() - t0 < 3.0
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
