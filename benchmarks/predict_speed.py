@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--image", type=int, default=512)
     p.add_argument("--preset", choices=("default", "fast"), default="default")
-    p.add_argument("--variants", default="threads,channels_last,batch,compile")
+    p.add_argument("--variants", default="precision,threads,channels_last,batch,compile")
+    p.add_argument("--precision", default="auto", help="precision of the whole-job timing")
     p.add_argument("--loop-slices", type=int, default=60, help="slices per variant timing (scaled to the volume)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -82,24 +83,28 @@ def main(argv=None) -> int:
                "size": cfg.size, "volume": [args.slices, args.image, args.image], "load_avg": os.getloadavg()}
 
     t0 = time.monotonic()
-    summary = drive(predict_job(run, vol, args.out / "pred"))
+    summary = drive(predict_job(run, vol, args.out / "pred", precision=args.precision))
     results["predict_job_seconds"] = round(time.monotonic() - t0, 2)
     results["predict_job_threads"] = torch.get_num_threads()
+    results["predict_job_precision"] = args.precision
     log.info("whole predict job: %.1f s (%s)", results["predict_job_seconds"], summary)
 
     rng = np.random.default_rng(0)
     images = rng.random((args.loop_slices, args.image, args.image), dtype=np.float32)
     scale = args.slices / args.loop_slices
     variants = {}
-    lm = load_run_model(run, "cpu")
+    lm = load_run_model(run, "cpu", "fp32")
     wanted = args.variants.split(",")
+    if "precision" in wanted:
+        for prec in ("fp32", "bf16"):
+            variants[f"precision={prec}"] = time_loop(load_run_model(run, "cpu", prec), images, None) * scale
     if "threads" in wanted:
         for n in (1, 2):
             torch.set_num_threads(n)
             variants[f"threads={n}"] = time_loop(lm, images, None) * scale
         torch.set_num_threads(os.cpu_count() or 1)
     if "channels_last" in wanted:
-        plain = load_run_model(run, "cpu")
+        plain = load_run_model(run, "cpu", "fp32")
         plain.model = plain.model.to(memory_format=torch.contiguous_format)
         variants["contiguous (no channels_last)"] = time_loop(plain, images, None) * scale
     if "batch" in wanted:
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
             variants[f"batch={bs}"] = time_loop(lm, images, bs) * scale
     if "compile" in wanted:
         try:
-            compiled = load_run_model(run, "cpu")
+            compiled = load_run_model(run, "cpu", "fp32")
             compiled.model = torch.compile(compiled.model)
             time_loop(compiled, images[:4], None)              # compile outside the timing
             variants["torch.compile"] = time_loop(compiled, images, None) * scale
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
                                                   for k, v in variants.items()}
     results["load_avg_after"] = os.getloadavg()
     log.info("%s", json.dumps(results, indent=2))
-    (args.out / f"results_{args.preset}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"results_{args.preset}_{args.precision}.json").write_text(json.dumps(results, indent=2))
     return 0
 
 
