@@ -29,6 +29,7 @@ def configure_qt_app(app) -> None:
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(ORG_NAME)
     app.setWindowIcon(app_icon())
+    app.setDesktopFileName("covidseg-assist")   # matches packaging/linux/covidseg-assist.desktop (Wayland icons)
     # arrays are (y, x) like the core's slices; no antialiasing cost on big images
     # no antialiasing: the plots repaint while a job runs, and antialiased axes cost the GUI thread most of its time
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="k", foreground="w")

@@ -782,9 +782,15 @@ class MainWindow(QMainWindow):
 
     def _about(self) -> None:
         from covidseg_core import __version__
+        from covidseg_core.runs import environment_info
+
+        env = environment_info()   # torch is already imported by the start-up warm-up, so this is cheap
+        cuda = env["cuda"] or "none (CPU build)"
         QMessageBox.about(self, f"About {APP_TITLE}",
                           f"<b>{APP_TITLE}</b> {__version__}<br>Weakly supervised segmentation of COVID-19 lung "
                           "infection on chest CT from slice labels, with attention fusion.<br><br>"
+                          f"torch {env['torch']}, CUDA {cuda}<br>Python {env['python']}<br>"
+                          f"Training device: {self._device_text}<br><br>"
                           "Not a medical device: every mask must be checked by a radiologist.")
 
     def closeEvent(self, ev) -> None:
