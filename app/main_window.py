@@ -768,10 +768,16 @@ class MainWindow(QMainWindow):
         wanted = (p.settings if p is not None else {}).get("device") or "auto"   # no torch import here
         from .jobs import run_light
 
-        def show(text: str) -> None:
-            self._device_text = text
-            self.device_label.setText(text)
-        run_light(lambda: pipeline.describe_device(wanted), show, self)
+        def probe() -> tuple[str, dict]:
+            from covidseg_core.runs import environment_info
+
+            text = pipeline.describe_device(wanted)     # warms torch up first: environment_info is safe after it
+            return text, environment_info()
+
+        def show(result: tuple[str, dict]) -> None:
+            self._device_text, self._environment = result
+            self.device_label.setText(self._device_text)
+        run_light(probe, show, self)
 
     def _show_log(self) -> None:
         path = log_path()
@@ -781,15 +787,20 @@ class MainWindow(QMainWindow):
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent)))
 
     def _about(self) -> None:
-        from covidseg_core import __version__
-        from covidseg_core.runs import environment_info
+        from importlib.metadata import PackageNotFoundError, version
 
-        env = environment_info()   # torch is already imported by the start-up warm-up, so this is cheap
-        cuda = env["cuda"] or "none (CPU build)"
+        from covidseg_core import __version__
+
+        env = getattr(self, "_environment", None)    # filled by the device probe (torch is never imported here)
+        if env is None:
+            try:
+                env = {"torch": version("torch"), "cuda": "(still checking)"}
+            except PackageNotFoundError:
+                env = {"torch": "not installed", "cuda": "-"}
         QMessageBox.about(self, f"About {APP_TITLE}",
                           f"<b>{APP_TITLE}</b> {__version__}<br>Weakly supervised segmentation of COVID-19 lung "
                           "infection on chest CT from slice labels, with attention fusion.<br><br>"
-                          f"torch {env['torch']}, CUDA {cuda}<br>Python {env['python']}<br>"
+                          f"torch {env['torch']}, CUDA {env['cuda'] or 'none (CPU build)'}<br>"
                           f"Training device: {self._device_text}<br><br>"
                           "Not a medical device: every mask must be checked by a radiologist.")
 
