@@ -258,3 +258,13 @@ def test_synthetic_tilt_gap_and_uneven_steps_are_warned(tmp_path):
     assert "1 gap(s)" in text and "31.5 mm between slices 4 and 5" in text
     assert "uneven slice spacing" in text
     assert gappy.spacing[2] == pytest.approx(2.0)
+
+
+def test_an_explicit_series_choice_gets_no_several_series_warning(shared_data):
+    from covidseg_core.io.dicom import list_series, read_dicom_series
+
+    folder = shared_data / "ct-samples" / "dicom_pydicom_tiny16" / "98892001"
+    default = read_dicom_series(folder)
+    assert any("series" in w for w in default.warnings)
+    chosen = read_dicom_series(folder, series_uid=[s for s in list_series(folder) if not s.is_localizer][0].uid)
+    assert not any("holds 2 series" in w for w in chosen.warnings)

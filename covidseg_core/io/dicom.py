@@ -30,7 +30,7 @@ SCOUT_THICKNESS_MM = 50.0      # no axial CT reconstruction is this thick; scout
 AXIAL_MIN_COSINE = 0.7         # slice normal within ~45 degrees of the patient's z axis counts as axial
 TILT_MAX_DEGREES = 0.5         # angle between the stacking direction and the slice normal before we warn
 GAP_FACTOR = 1.5               # a step this many times the median step means missing slices
-HINT_SERIES = "choose another with --series UID"
+HINT_SERIES = "choose another series (--series UID on the command line)"
 COMPANION_SUFFIXES = {".csv", ".md", ".txt", ".json", ".xml", ".html", ".pdf"}
 
 
@@ -365,7 +365,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, scan: F
     infos = series_infos(scan)
     chosen = _choose_series(scan, infos, series_uid)
     warnings: list[str] = list(scan.unreadable)
-    if len(infos) > 1:
+    if len(infos) > 1 and series_uid is None:      # an explicit choice needs no reminder of the others
         rest = [s for s in infos if s is not chosen]
         others = "; ".join(f"{s.uid} ({s.description or s.modality}, {s.n_files} files"
                            f"{', scout: ' + s.localizer_reason if s.is_localizer else ''})" for s in rest[:5])
