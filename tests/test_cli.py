@@ -115,3 +115,16 @@ def test_bad_numbers_are_usage_errors(demo, tmp_path, capsys):
         cli.main(["train", "--data", str(demo), "--out", str(tmp_path / "r"), "--seg-epochs", "0"])
     assert exc.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_pseudo_writes_stage1_outputs(tmp_path, capsys):
+    data = tmp_path / "study"
+    write_demo(data, n_slices=12, size=48)
+    rc, out, err = run_cli(capsys, "pseudo", "--data", data, "--out", tmp_path / "run", "--size", "48",
+                           "--cls-epochs", "1")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["status"] == "complete"
+    names = sorted(p.name for p in (data / "images").iterdir())
+    assert sorted(p.name for p in (tmp_path / "run" / "pseudo").iterdir()) == names
+    assert (tmp_path / "run" / "metrics.json").is_file()
