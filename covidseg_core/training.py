@@ -79,10 +79,12 @@ def data_fingerprint(slices) -> str:
     return h.hexdigest()
 
 
-def split_validation(groups: list[str], candidates: np.ndarray, fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def split_validation(groups: list[str], candidates: np.ndarray, fraction: float, seed: int,
+                     has_foreground: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices out of `candidates`. By volume when there are several (neighbouring slices of one
-    patient are near-duplicates), else by blocks of neighbouring slices (every fifth block validates)."""
+    patient are near-duplicates), else by blocks of neighbouring slices (every fifth block validates; of the
+    five possible block sets, the one holding most slices whose training target has foreground, so that the
+    validation loss can tell a net that finds lesions from one that predicts nothing)."""
     candidates = np.asarray(candidates, dtype=int)
     if len(candidates) < 5 or fraction <= 0:
         return candidates, np.zeros(0, dtype=int)
@@ -102,8 +104,12 @@ def split_validation(groups: list[str], candidates: np.ndarray, fraction: float,
     else:
         block = max(1, int(round(len(candidates) * fraction / 2)))
         period = max(2, int(round(1 / fraction)))
-        offset = seed % period
-        is_val = (np.arange(len(candidates)) // block) % period == offset
+        blocks = (np.arange(len(candidates)) // block) % period
+        offsets = [(seed + k) % period for k in range(period)]
+        if has_foreground is not None:
+            fg = np.asarray(has_foreground, dtype=bool)[candidates]
+            offsets.sort(key=lambda o: -int(fg[blocks == o].sum()))    # stable: ties keep the seed's order
+        is_val = blocks == offsets[0]
     return candidates[~is_val], candidates[is_val]
 
 
@@ -134,6 +140,7 @@ def build_targets(slices, pseudo_dir: Path | None, pixel_dir: Path | None
     has = np.zeros(n, dtype=bool)
     source = [""] * n
     pixel_files: dict[str, Path] = {}
+    n_contradicting = 0
     if pixel_dir is not None:
         if not pixel_dir.is_dir():
             raise InputError(f"--pixel-labels folder {pixel_dir} does not exist.", "Check the path.")
@@ -170,8 +177,16 @@ def build_targets(slices, pseudo_dir: Path | None, pixel_dir: Path | None
             t = np.full((h, w), IGNORE, dtype=np.uint8)
             t[m == 0] = 0
             t[m >= 192] = 1            # 255 = infection; 127 (ignore) stays IGNORE
+            if slices.labels[i] == "infected" and not (t == 1).any():
+                # the label says there is infection somewhere: an all-background target would teach the opposite
+                # (stage 1 found no lesion, e.g. no lung field on this slice), so the slice gives no supervision
+                n_contradicting += 1
+                continue
             targets[i] = t
             has[i], source[i] = True, "pseudo"
+    if n_contradicting:
+        log.warning("%d infected slice(s) got a pseudo mask without infection and are left out of stage 2",
+                    n_contradicting)
     return targets, has, source
 
 
@@ -214,15 +229,27 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
     return (x * gain + bias).clamp(0, 1), y
 
 
+FOREGROUND_CROP_RATE = 0.5   # share of crops centred on a target infection pixel (when the slice has one)
+
+
 def _random_crop(x: torch.Tensor, y: torch.Tensor, crop: int | None, rng: np.random.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample random crops of side `crop` (no-op when the slices are not larger)."""
+    """Per-sample random crops of side `crop` (no-op when the slices are not larger). Half of the crops of a
+    slice with target infection are centred on one of its infection pixels: lesions cover a few percent of a
+    slice, and a crop without any teaches the net little (foreground oversampling, as in nnU-Net)."""
     h, w = x.shape[-2:]
     ch, cw = min(crop or h, h), min(crop or w, w)
     if (ch, cw) == (h, w):
         return x, y
     ys = rng.integers(0, h - ch + 1, len(x))
     xs = rng.integers(0, w - cw + 1, len(x))
+    centre_on_fg = rng.random(len(x)) < FOREGROUND_CROP_RATE
+    for i in np.flatnonzero(centre_on_fg):
+        fg = torch.nonzero(y[i] == 1)
+        if len(fg):
+            cy, cx = fg[int(rng.integers(len(fg)))].tolist()
+            ys[i] = min(max(cy - ch // 2, 0), h - ch)
+            xs[i] = min(max(cx - cw // 2, 0), w - cw)
     xc = torch.stack([x[i, :, a:a + ch, b:b + cw] for i, (a, b) in enumerate(zip(ys, xs))])
     yc = torch.stack([y[i, a:a + ch, b:b + cw] for i, (a, b) in enumerate(zip(ys, xs))])
     return xc, yc
@@ -304,6 +331,10 @@ def train_segmenter(data: SegmenterData, cfg: TrainConfig, run: RunFolder, devic
         raise TrainingError("No slice has a training mask (pseudo mask or pixel label).",
                             "Label some slices infected or clean, then train again.")
     bs = max(1, min(cfg.batch_size, len(train_idx)))
+    val_has_fg = bool(len(val_idx)) and bool((data.targets[torch.from_numpy(val_idx)] == 1).any())
+    if len(val_idx) and not val_has_fg and start_epoch == 1:
+        yield Message("no validation slice has infection in its training mask: the best checkpoint is chosen "
+                      "by training loss", "warning")
     n_batches = (len(train_idx) + bs - 1) // bs
     if cfg.steps_per_epoch:
         n_batches = min(n_batches, cfg.steps_per_epoch)
@@ -338,9 +369,9 @@ def train_segmenter(data: SegmenterData, cfg: TrainConfig, run: RunFolder, devic
             yield Progress("segmenter", bi + 1, n_batches, f"epoch {epoch}/{cfg.seg_epochs}",
                            eta_s=elapsed / (bi + 1) * (n_batches - bi - 1))
         train_loss = running / max(seen, 1)
-        if len(val_idx):
+        if len(val_idx) and val_has_fg:
             val_loss, val_dice = evaluate_loss(model, data, val_idx, device, bs * 2, cancel)
-        else:                                   # too few slices to hold some out: choose by training loss
+        else:   # too few slices held out, or none with a lesion to find: choose by training loss
             val_loss, val_dice = train_loss, float("nan")
         improved = val_loss < best_val
         if improved:
@@ -467,7 +498,9 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     n_pixel = source.count("pixel")
     if n_pixel:
         yield Message(f"{n_pixel} slice(s) with your pixel masks are used as full supervision")
-    train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has_target), cfg.val_fraction, cfg.seed)
+    has_fg = np.array([(t == 1).any() for t in targets])
+    train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has_target), cfg.val_fraction, cfg.seed,
+                                          has_fg)
     seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, cfg.size)
     seg_summary = yield from train_segmenter(seg_data, cfg, run, dev, cancel)
     report = yield from _gt_report(run, slices, targets, has_target, source, val_idx, dev, cancel)
@@ -495,7 +528,8 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
         run.check_resumable(run.read_config(), options, data_info)
     else:
         run.create(options, data_info, str(dev))
-    train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has), cfg.val_fraction, cfg.seed)
+    has_fg = np.array([(t == 1).any() for t in targets])
+    train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has), cfg.val_fraction, cfg.seed, has_fg)
     seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, cfg.size)
     summary = yield from train_segmenter(seg_data, cfg, run, dev, cancel)
     metrics = {"complete": True, "device": str(dev), "targets": note, "segmenter": summary}
