@@ -112,12 +112,12 @@ class Bench:
         self.save(key, value)
         return value
 
-    def target_run(self, key: str, targets: np.ndarray, note: str, **cfg_kw) -> dict:
+    def target_run(self, key: str, targets: np.ndarray, note: str, always_train=None, **cfg_kw) -> dict:
         if key in self.results:
             return self.results[key]
         t0 = time.monotonic()
-        metrics = drive(train_on_targets(self.train, targets, self.out / key, self.cfg(**cfg_kw), note=note),
-                        _log_epochs)
+        metrics = drive(train_on_targets(self.train, targets, self.out / key, self.cfg(**cfg_kw), note=note,
+                                         always_train=always_train), _log_epochs)
         value = {"test": evaluate_run(self.out / key, self.test), "seconds": round(time.monotonic() - t0, 1),
                  "best_epoch": metrics["segmenter"]["best_epoch"]}
         from covidseg_core.inference import load_run_model as _load
@@ -148,7 +148,10 @@ class Bench:
             chosen = order[:k]
             targets = pseudo.copy()
             targets[chosen] = gt[chosen]
-            self.target_run(f"k_{k}", targets, f"avg pseudo masks + ground truth of {k} infected slices")
+            pixel = np.zeros(len(self.train), dtype=bool)
+            pixel[chosen] = True        # as in `covidseg train --pixel-labels`: these slices always train
+            self.target_run(f"k_{k}", targets, f"avg pseudo masks + ground truth of {k} infected slices",
+                            always_train=pixel)
         # one round of self-training: the avg segmenter's predictions as targets, uncertain pixels ignored,
         # clean-labelled slices kept all background
         if "self_training" not in self.results:

@@ -80,7 +80,8 @@ def data_fingerprint(slices) -> str:
 
 
 def split_validation(groups: list[str], candidates: np.ndarray, fraction: float, seed: int,
-                     has_foreground: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     has_foreground: np.ndarray | None = None, always_train: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices out of `candidates`. By volume when there are several (neighbouring slices of one
     patient are near-duplicates), else by blocks of neighbouring slices (every fifth block validates; of the
     five possible block sets, the one holding most slices whose training target has foreground, so that the
@@ -110,6 +111,8 @@ def split_validation(groups: list[str], candidates: np.ndarray, fraction: float,
             fg = np.asarray(has_foreground, dtype=bool)[candidates]
             offsets.sort(key=lambda o: -int(fg[blocks == o].sum()))    # stable: ties keep the seed's order
         is_val = blocks == offsets[0]
+    if always_train is not None:      # the user's pixel masks are too precious to only validate
+        is_val &= ~np.asarray(always_train, dtype=bool)[candidates]
     return candidates[~is_val], candidates[is_val]
 
 
@@ -500,7 +503,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
         yield Message(f"{n_pixel} slice(s) with your pixel masks are used as full supervision")
     has_fg = np.array([(t == 1).any() for t in targets])
     train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has_target), cfg.val_fraction, cfg.seed,
-                                          has_fg)
+                                          has_fg, always_train=np.array([src == "pixel" for src in source]))
     seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, cfg.size)
     seg_summary = yield from train_segmenter(seg_data, cfg, run, dev, cancel)
     report = yield from _gt_report(run, slices, targets, has_target, source, val_idx, dev, cancel)
@@ -513,9 +516,11 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
 
 
 def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainConfig, device: str = "auto",
-                     cancel: CancelToken | None = None, note: str = "given targets"):
+                     cancel: CancelToken | None = None, note: str = "given targets",
+                     always_train: np.ndarray | None = None):
     """Generator job: the segmenter alone on given per-slice targets (n, H, W) 0/1/255, into run folder `out`
-    (resumable like train_job). For full supervision on reviewed masks, benchmarks and self-training rounds."""
+    (resumable like train_job). For full supervision on reviewed masks, benchmarks and self-training rounds.
+    `always_train` (bool per slice) keeps those slices out of the validation split."""
     dev = resolve_device(device)
     run = RunFolder(out)
     has = np.array([(t != IGNORE).any() for t in targets])
@@ -529,7 +534,8 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
     else:
         run.create(options, data_info, str(dev))
     has_fg = np.array([(t == 1).any() for t in targets])
-    train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has), cfg.val_fraction, cfg.seed, has_fg)
+    train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has), cfg.val_fraction, cfg.seed, has_fg,
+                                          always_train)
     seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, cfg.size)
     summary = yield from train_segmenter(seg_data, cfg, run, dev, cancel)
     metrics = {"complete": True, "device": str(dev), "targets": note, "segmenter": summary}
