@@ -250,7 +250,7 @@ def _predict_volume(lm, path: Path, out: Path, batch_size, cancel, series_uid=No
     study = open_study(path, series_uid=series_uid)
     for w in study.warnings:
         yield Message(w, "warning")
-    images01 = to_unit_range(study.array, study.is_hu, study.meta.get("bits", 16))
+    images01 = to_unit_range(study.array, study.is_hu, study.meta.get("bits", 8))   # as data.load_slice_set
     masks = yield from predict_masks(lm, images01, batch_size, cancel)
     out.mkdir(parents=True, exist_ok=True)
     target = out / volume_mask_name(path)
