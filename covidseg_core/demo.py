@@ -53,7 +53,8 @@ def make_demo_volume(seed: int = 0, n_slices: int = 32, size: int = 128):
                for _ in range(14)]
     for z in range(n_slices):
         t = z / max(n_slices - 1, 1)
-        lung_scale = 0.75 + 0.35 * np.sin(np.pi * (0.15 + 0.7 * t))   # lungs grow then shrink along z
+        # lungs grow then shrink along z, always leaving a chest wall of >= 8 pixels (at size 128) as real CT does
+        lung_scale = 0.72 + 0.26 * np.sin(np.pi * (0.15 + 0.7 * t))
         body = _ellipse(shape, 64 * s, 64 * s, 50 * s, 60 * s)
         fat = body & ~_ellipse(shape, 64 * s, 64 * s, 45 * s, 55 * s)
         sl = np.where(body, 45.0, -1000.0).astype(np.float32)
