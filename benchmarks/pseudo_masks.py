@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from covidseg_core.cam import FUSION_MODES, FusionBank, upsample  # noqa: E402
-from covidseg_core.events import EpochReport  # noqa: E402
+from covidseg_core.events import EpochReport, run_to_return  # noqa: E402
 from covidseg_core.lungs import density_prior, lung_field, lung_saliency  # noqa: E402
 from covidseg_core.metrics import summarize  # noqa: E402
 from covidseg_core.pseudo_masks import relative_cam  # noqa: E402
@@ -62,14 +62,8 @@ def train_seed(slices, train_vols, seed: int, cfg: Stage1Config, cache: Path | N
     t0 = time.monotonic()
     job = train_classifier(slices.images, labels, cfg, device, track_idx=track)
     epoch_s = []
-    while True:
-        try:
-            ev = next(job)
-        except StopIteration as stop:
-            model, bank, history = stop.value
-            break
-        if isinstance(ev, EpochReport):
-            epoch_s.append(ev.seconds)
+    model, bank, history = run_to_return(
+        job, lambda ev: epoch_s.append(ev.seconds) if isinstance(ev, EpochReport) else None)
             log.info("seed %d epoch %d/%d %.0fs loss %.3f acc %.3f auc %.3f", seed, ev.epoch, ev.epochs,
                      ev.seconds, ev.losses["loss"], ev.metrics["accuracy"], ev.metrics["auc"])
     train_s = time.monotonic() - t0

@@ -73,3 +73,15 @@ def drive(job, on_event=None):
         if isinstance(event, Done):
             result = event.result
     return result
+
+
+def run_to_return(job, on_event=None):
+    """Run a generator to the end, handing each event to `on_event`; return the generator's `return` value
+    (for inner jobs such as classifier training, which return their model instead of yielding Done)."""
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)

@@ -30,12 +30,8 @@ from covidseg_core.training import TrainConfig, train_job
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than two, and far faster on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Every test of this module runs torch on one thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
