@@ -62,10 +62,14 @@ def train_seed(slices, train_vols, seed: int, cfg: Stage1Config, cache: Path | N
     t0 = time.monotonic()
     job = train_classifier(slices.images, labels, cfg, device, track_idx=track)
     epoch_s = []
-    model, bank, history = run_to_return(
-        job, lambda ev: epoch_s.append(ev.seconds) if isinstance(ev, EpochReport) else None)
+
+    def on_event(ev) -> None:
+        if isinstance(ev, EpochReport):
+            epoch_s.append(ev.seconds)
             log.info("seed %d epoch %d/%d %.0fs loss %.3f acc %.3f auc %.3f", seed, ev.epoch, ev.epochs,
                      ev.seconds, ev.losses["loss"], ev.metrics["accuracy"], ev.metrics["auc"])
+
+    model, bank, history = run_to_return(job, on_event)
     train_s = time.monotonic() - t0
     probs, _ = compute_cams(model, slices.images, device)
     out = {"track": track, "probs": probs, "count": bank.count,
