@@ -26,7 +26,7 @@ from .prefs import Prefs
 from .quant_panel import QuantPanel
 from .session import Session
 from .settings_dialog import SettingsDialog, effective_settings
-from .slice_view import DEFAULT_OPACITY, LAYERS, SliceView
+from .slice_view import DEFAULT_OPACITY, LAYERS, WINDOW_PRESETS, SliceView
 from .training_panel import TrainingPanel
 
 log = logging.getLogger(__name__)
@@ -428,16 +428,15 @@ class MainWindow(QMainWindow):
             self.view.set_slice(i)
 
     def undo(self) -> None:
-        try:
-            if not self.session.undo():
-                self.statusBar().showMessage("Nothing to undo.", 3000)
-        except CovidSegError as exc:
-            show_error(self, exc)
+        self._history_step(self.session.undo, "undo")
 
     def redo(self) -> None:
+        self._history_step(self.session.redo, "redo")
+
+    def _history_step(self, step, what: str) -> None:
         try:
-            if not self.session.redo():
-                self.statusBar().showMessage("Nothing to redo.", 3000)
+            if not step():
+                self.statusBar().showMessage(f"Nothing to {what}.", 3000)
         except CovidSegError as exc:
             show_error(self, exc)
 
@@ -725,7 +724,7 @@ class MainWindow(QMainWindow):
     def _on_window_changed(self, width: float, level: float) -> None:
         if self.view.is_hu:
             self.prefs.set_hu_window(width, level)
-        for name, preset in (("lung", (1500.0, -600.0)), ("mediastinum", (400.0, 40.0)), ("bone", (2500.0, 480.0))):
+        for name, preset in WINDOW_PRESETS.items():
             act = self.actions_by_name[name]
             act.blockSignals(True)
             act.setChecked(self.view.is_hu and (width, level) == preset)
