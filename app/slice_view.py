@@ -2,6 +2,9 @@
 
 Mouse: wheel = next/previous slice, Ctrl+wheel = zoom, left-drag = pan (or paint with the brush/eraser),
 right-drag = window (horizontal) and level (vertical), double-click = fit. Keys: arrows and PageUp/PageDown.
+
+This module is over 400 lines because it is one widget whose image, overlays and mouse tools share the same
+view state; the pure array helpers it needs live in covidseg_core.imaging.
 """
 from __future__ import annotations
 

@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from covidseg_core.events import drive  # noqa: E402
-from covidseg_core.inference import (build_model, load_run_model, predict_job,  # noqa: E402
-                                     predict_probabilities)
+from covidseg_core.infer.model import load_run_model  # noqa: E402
+from covidseg_core.infer.predict import predict_job, predict_probabilities  # noqa: E402
+from covidseg_core.models.segmenter import build_from_spec  # noqa: E402
 from covidseg_core.runs import BEST, RunFolder  # noqa: E402
-from covidseg_core.training import TrainConfig, fast_config  # noqa: E402
+from covidseg_core.train_config import TrainConfig, fast_config  # noqa: E402
 
 log = logging.getLogger("predict_speed")
 
@@ -52,7 +53,7 @@ def make_run(path: Path, cfg: TrainConfig) -> None:
         return
     if not run.exists():
         run.create(cfg.options(), {"path": "synthetic"}, "cpu")
-    model = build_model(cfg.model_spec())
+    model = build_from_spec(cfg.model_spec())
     run.save_checkpoint({"model": model.state_dict(), "epoch": 0, "spec": cfg.model_spec()}, BEST)
 
 

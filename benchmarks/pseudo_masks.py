@@ -29,12 +29,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from covidseg_core.cam import FUSION_MODES, FusionBank, upsample  # noqa: E402
-from covidseg_core.events import EpochReport, run_to_return  # noqa: E402
-from covidseg_core.lungs import density_prior, lung_field, lung_saliency  # noqa: E402
-from covidseg_core.metrics import summarize  # noqa: E402
-from covidseg_core.pseudo_masks import relative_cam  # noqa: E402
-from covidseg_core.stage1 import Stage1Config, compute_cams, roc_auc, train_classifier  # noqa: E402
+from covidseg_core.constants import FUSION_MODES  # noqa: E402
+from covidseg_core.events import EpochReport, drive  # noqa: E402
+from covidseg_core.imaging.resize import upsample_maps  # noqa: E402
+from covidseg_core.imaging.lungs import density_prior, lung_field, lung_saliency  # noqa: E402
+from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
+from covidseg_core.weak.cam import FusionBank  # noqa: E402
+from covidseg_core.weak.classifier_training import compute_cams, train_classifier  # noqa: E402
+from covidseg_core.weak.config import Stage1Config  # noqa: E402
+from covidseg_core.weak.pseudo_masks import relative_cam  # noqa: E402
 
 log = logging.getLogger("bench_pseudo")
 
@@ -69,7 +72,7 @@ def train_seed(slices, train_vols, seed: int, cfg: Stage1Config, cache: Path | N
             log.info("seed %d epoch %d/%d %.0fs loss %.3f acc %.3f auc %.3f", seed, ev.epoch, ev.epochs,
                      ev.seconds, ev.losses["loss"], ev.metrics["accuracy"], ev.metrics["auc"])
 
-    model, bank, history = run_to_return(job, on_event)
+    model, bank, history = drive(job, on_event)
     train_s = time.monotonic() - t0
     probs, _ = compute_cams(model, slices.images, device)
     out = {"track": track, "probs": probs, "count": bank.count,
@@ -169,7 +172,7 @@ def main(argv=None):
         pos = {int(s): k for k, s in enumerate(maps["track"])}
         rows_k = [pos[int(i)] for i in eval_idx]
         for mode in FUSION_MODES:
-            cams = upsample(maps[f"fused_{mode}"][rows_k], gts.shape[1:])
+            cams = upsample_maps(maps[f"fused_{mode}"][rows_k], gts.shape[1:])
             cams = np.stack([relative_cam(c, l) for c, l in zip(cams, L)])
             grid = {}
             for t_fg, s_fg in itertools.product(T_FG_GRID[1:], SAL_FG_GRID):

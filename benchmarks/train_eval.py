@@ -39,10 +39,13 @@ sys.path.insert(0, str(ROOT))
 
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.events import drive  # noqa: E402
-from covidseg_core.inference import load_run_model, predict_masks, predict_probabilities  # noqa: E402
-from covidseg_core.losses import IGNORE  # noqa: E402
-from covidseg_core.metrics import summarize  # noqa: E402
-from covidseg_core.training import (TrainConfig, build_targets, train_job, train_on_targets)  # noqa: E402
+from covidseg_core.infer.model import load_run_model  # noqa: E402
+from covidseg_core.infer.predict import predict_masks, predict_probabilities  # noqa: E402
+from covidseg_core.constants import IGNORE  # noqa: E402
+from covidseg_core.results.metrics import summarize  # noqa: E402
+from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
+from covidseg_core.seg.targets import build_targets  # noqa: E402
+from covidseg_core.train_config import TrainConfig  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -52,19 +55,10 @@ KEYS = ("dice_mean", "sensitivity_mean", "specificity_mean", "dice_pooled", "sen
         "specificity_pooled")
 
 
-def _run_gen(gen):
-    """Drive a generator that returns a value (not a job with Done)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def evaluate_run(run: Path, test) -> dict:
     lm = load_run_model(run, "auto")
     t0 = time.monotonic()
-    preds = _run_gen(predict_masks(lm, test.images))
+    preds = drive(predict_masks(lm, test.images))
     scores = summarize(list(preds), list(test.gt_masks))
     scores["predict_seconds"] = round(time.monotonic() - t0, 2)
     return scores
@@ -120,7 +114,7 @@ class Bench:
                                          always_train=always_train), _log_epochs)
         value = {"test": evaluate_run(self.out / key, self.test), "seconds": round(time.monotonic() - t0, 1),
                  "best_epoch": metrics["segmenter"]["best_epoch"]}
-        from covidseg_core.inference import load_run_model as _load
+        from covidseg_core.infer.model import load_run_model as _load
         value["parameters"] = _load(self.out / key, "cpu").model.num_parameters()
         self.save(key, value)
         return value
@@ -156,7 +150,7 @@ class Bench:
         # clean-labelled slices kept all background
         if "self_training" not in self.results:
             lm = load_run_model(self.out / "weak_avg", "auto")
-            prob = _run_gen(predict_probabilities(lm, self.train.images))
+            prob = drive(predict_probabilities(lm, self.train.images))
             targets = np.full(prob.shape, IGNORE, dtype=np.uint8)
             targets[prob < 0.3] = 0
             targets[prob >= 0.7] = 1

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InputError, LabelError
 from .io.images import read_gray, read_labels_csv
-from .preprocess import to_unit_range
+from .io.loader import open_study
 from .study import Study
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,6 @@ def _read_masks(mask_dir: Path, ids: list[str], shape: tuple[int, int]) -> tuple
 
 def load_slice_set(path: str | Path, labels_csv: str | Path | None = None) -> SliceSet:
     """Read a data set for training or evaluation (see the module doc for the accepted layouts)."""
-    from .io.loader import open_study  # local import: the loader pulls in DICOM/NIfTI readers
-
     path = Path(path)
     study = open_study(path, labels_csv=labels_csv)
     labels_meta: dict = study.meta.get("labels") or {}
@@ -86,7 +84,7 @@ def load_slice_set(path: str | Path, labels_csv: str | Path | None = None) -> Sl
         row = labels_meta.get(sid) or (labels_meta.get(str(i)) if by_index else None)
         labels.append(row["label"] if row else None)
         groups.append((row or {}).get("volume") or Path(study.source).name)
-    images = to_unit_range(study.array, study.is_hu, study.meta.get("bits", 8))
+    images = study.unit_range()
     gt = has = None
     mask_dir = path / "masks" if path.is_dir() else None
     if mask_dir is not None and mask_dir.is_dir():

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .atomic import atomic_write, atomic_write_bytes
-from .preprocess import LUNG_WINDOW, apply_window
+from .imaging.windowing import LUNG_WINDOW, apply_window
 
 log = logging.getLogger(__name__)
 

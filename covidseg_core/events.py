@@ -1,7 +1,8 @@
 """Events that long jobs yield, and the token that cancels them.
 
 A long job is a generator: every `yield` is a progress point and a cancel point. The GUI drives it on a worker
-thread and relays the events as Qt signals; the CLI and tests drive it synchronously.
+thread and relays the events as Qt signals (app/jobs.py); the CLI, tests and benchmarks drive it synchronously
+with `drive`; a job that runs another job inside passes its events on with `relay`. Nothing else iterates a job.
 """
 from __future__ import annotations
 
@@ -64,24 +65,50 @@ class Done:
     result: Any = None
 
 
+def _outcome(done_result, returned):
+    """A job's result: what its Done carried, else what the generator returned (inner jobs such as classifier
+    training return their model instead of yielding Done)."""
+    return returned if returned is not None else done_result
+
+
 def drive(job, on_event=None):
-    """Run a job generator to the end synchronously; return the result of its Done event (or None)."""
+    """Run a job to the end synchronously (the CLI, tests, benchmarks), handing every event to `on_event`;
+    return its result (see _outcome)."""
     result = None
-    for event in job:
-        if on_event is not None:
-            on_event(event)
-        if isinstance(event, Done):
-            result = event.result
-    return result
-
-
-def run_to_return(job, on_event=None):
-    """Run a generator to the end, handing each event to `on_event`; return the generator's `return` value
-    (for inner jobs such as classifier training, which return their model instead of yielding Done)."""
     while True:
         try:
             event = next(job)
         except StopIteration as stop:
-            return stop.value
+            return _outcome(result, stop.value)
         if on_event is not None:
             on_event(event)
+        if isinstance(event, Done):
+            result = event.result
+
+
+def relay(job, on_event=None):
+    """Inside a job: pass on every event of an inner `job` except its Done (calling `on_event` first), and
+    return its result. Use as `result = yield from relay(inner, on_event)`.
+
+    An exception thrown into the outer job (the GUI's cancel) is thrown into the inner one where it stopped, so
+    the inner job's own handlers (recording a cancelled run) run; closing the outer job closes the inner one."""
+    result = None
+    thrown: BaseException | None = None
+    while True:
+        try:
+            event = job.throw(thrown) if thrown is not None else next(job)
+        except StopIteration as stop:
+            return _outcome(result, stop.value)
+        thrown = None
+        if isinstance(event, Done):
+            result = event.result
+            continue
+        if on_event is not None:
+            on_event(event)
+        try:
+            yield event
+        except GeneratorExit:
+            job.close()
+            raise
+        except BaseException as exc:    # noqa: BLE001 - handed to the inner job, which re-raises what it cannot handle
+            thrown = exc

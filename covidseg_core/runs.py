@@ -1,11 +1,18 @@
 """A run folder: everything one training run made, so it can be inspected, resumed or used to predict.
+`RunFolder` is the only owner of paths inside a run: every other module asks it where a file goes.
 
 ```
-RUN/config.json        what was asked (options, data) + the environment it ran in (versions, device)
-RUN/epochs.jsonl       one JSON line per finished epoch (classifier and segmenter)
-RUN/checkpoints/       last.pt (resume point) and best.pt (lowest validation loss; what `predict` uses)
-RUN/pseudo/, RUN/cams/ stage-1 output (see stage1.py)
-RUN/metrics.json       the final report
+RUN/config.json          what was asked (options, data) + the environment it ran in (versions, device)
+RUN/stage1_config.json   the stage-1 options actually used (weak/job.py)
+RUN/stage1.json          written when stage 1 finished inside a `train` run (its metrics), so a resume skips it
+RUN/epochs.jsonl         one JSON line per finished epoch (classifier and segmenter)
+RUN/classifier.pt        the stage-1 classifier (state dict + spec)
+RUN/cams/<slice>.png     fused CAM of each infected slice, 0-255
+RUN/lungs/<slice>.png    lung field used as background cue, 0/255
+RUN/pseudo/<slice>.png   pseudo mask: 0 background, 255 infection, 127 ignore
+RUN/checkpoints/         last.pt (resume point) and best.pt (lowest validation loss; what `predict` uses)
+RUN/predictions/<source id>.nii.gz   a project study predicted with this run (the app, results/export.py)
+RUN/metrics.json         the final report (or status "failed"/"cancelled" and why)
 ```
 
 Every file is published atomically (write temp, fsync, rename), so a crash or a full disk leaves the previous
@@ -24,6 +31,8 @@ from typing import Any
 from . import __version__
 from .atomic import atomic_write, atomic_write_json
 from .errors import RunError
+from .events import EpochReport
+from .io.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,21 @@ METRICS_NAME = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+CLASSIFIER_NAME = "classifier.pt"
+STAGE1_CONFIG_NAME = "stage1_config.json"
+STAGE1_DONE_NAME = "stage1.json"
+PSEUDO_DIR, CAMS_DIR, LUNGS_DIR, PREDICTIONS_DIR = "pseudo", "cams", "lungs", "predictions"
+
+
+def slice_png_name(slice_id: str) -> str:
+    """The PNG name of a slice in RUN/pseudo, cams, lungs (and in a --pixel-labels folder): an image file's own
+    name when it is a PNG, <stem>.png for other image files, <id>.png for volume slice ids (an index, or a
+    SOPInstanceUID with dots, kept whole)."""
+    name = Path(slice_id).name
+    suffix = Path(name).suffix.lower()
+    if suffix == ".png":
+        return name
+    return f"{Path(name).stem}.png" if suffix in IMAGE_SUFFIXES else f"{name}.png"
 
 
 def environment_info(device: str | None = None) -> dict:
@@ -69,7 +93,7 @@ def _disk_error(path: Path, exc: OSError) -> RunError:
 
 
 class RunFolder:
-    """Reads and writes one run folder. `create()` starts a run, `open()` reads an existing one."""
+    """Reads and writes one run folder. `create()` starts a run, `read_config()` checks an existing one."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -88,7 +112,30 @@ class RunFolder:
 
     @property
     def pseudo_dir(self) -> Path:
-        return self.path / "pseudo"
+        return self.path / PSEUDO_DIR
+
+    @property
+    def cams_dir(self) -> Path:
+        return self.path / CAMS_DIR
+
+    @property
+    def lungs_dir(self) -> Path:
+        return self.path / LUNGS_DIR
+
+    @property
+    def classifier_path(self) -> Path:
+        return self.path / CLASSIFIER_NAME
+
+    @property
+    def epochs_path(self) -> Path:
+        return self.path / EPOCHS_NAME
+
+    def prediction_path(self, source_id: str) -> Path:
+        return self.path / PREDICTIONS_DIR / f"{source_id}.nii.gz"
+
+    def has_model(self) -> bool:
+        """A segmenter checkpoint to predict with exists (the run got through at least one epoch)."""
+        return self.checkpoint_path(BEST).is_file()
 
     # --- life cycle --------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -166,17 +213,44 @@ class RunFolder:
     def append_epoch(self, record: dict) -> None:
         """Append one epoch's report to epochs.jsonl (rewritten atomically: a torn line is never left)."""
         self.ensure_intact()
-        path = self.path / EPOCHS_NAME
+        path = self.epochs_path
         old = path.read_text(encoding="utf-8") if path.is_file() else ""
         line = json.dumps(record, default=float) + "\n"
         self._write(path, lambda tmp: tmp.write_text(old + line, encoding="utf-8"))
 
+    def append_epoch_report(self, event: EpochReport) -> None:
+        """The line of a stage-1 epoch: its losses and metrics as reported."""
+        self.append_epoch({"stage": event.stage, "epoch": event.epoch, **event.losses, **event.metrics,
+                           "seconds": round(event.seconds, 3)})
+
+    def forget_epochs(self) -> None:
+        self.epochs_path.unlink(missing_ok=True)
+
     def read_epochs(self, stage: str | None = None) -> list[dict]:
-        path = self.path / EPOCHS_NAME
+        path = self.epochs_path
         if not path.is_file():
             return []
         rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
         return [r for r in rows if stage is None or r.get("stage") == stage]
+
+    def epoch_reports(self) -> list[EpochReport]:
+        """epochs.jsonl read back as EpochReports (to show a finished run's curves again). A key named "loss" or
+        ending in "_loss" is a loss; the other numbers of a line are metrics."""
+        records = self.read_epochs()
+        last: dict = {}
+        for r in records:
+            last[r.get("stage")] = max(last.get(r.get("stage"), 0), int(r.get("epoch", 0)))
+
+        def is_loss(k: str) -> bool:
+            return k == "loss" or k.endswith("_loss")
+        reports = []
+        for r in records:
+            numbers = {k: v for k, v in r.items() if isinstance(v, (int, float)) and k not in ("epoch", "seconds")}
+            losses = {(k[:-5] if k.endswith("_loss") else k): float(v) for k, v in numbers.items() if is_loss(k)}
+            metrics = {k: v for k, v in numbers.items() if not is_loss(k)}
+            reports.append(EpochReport(str(r.get("stage")), int(r.get("epoch", 0)), last.get(r.get("stage"), 0),
+                                       losses=losses, metrics=metrics, seconds=float(r.get("seconds", 0.0))))
+        return reports
 
     def drop_epochs_after(self, stage: str, epoch: int) -> None:
         """Forget epochs of `stage` past the checkpoint we resume from (they were lost with the interruption)."""
@@ -184,7 +258,7 @@ class RunFolder:
         keep = [r for r in rows if r.get("stage") != stage or int(r.get("epoch", 0)) <= epoch]
         if len(keep) != len(rows):
             text = "".join(json.dumps(r) + "\n" for r in keep)
-            self._write(self.path / EPOCHS_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            self._write(self.epochs_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def save_checkpoint(self, state: dict, name: str) -> Path:
         import torch
@@ -210,8 +284,10 @@ class RunFolder:
             raise RunError(f"{path} is not a covidseg checkpoint.", "Train again into a new folder.")
         return state
 
-    def write_json(self, name: str, obj: Any) -> Path:
-        self.ensure_intact()
+    def write_json(self, name: str, obj: Any, check_intact: bool = True) -> Path:
+        """RUN/<name> (atomically). check_intact=False for the status of a run that is failing anyway."""
+        if check_intact:
+            self.ensure_intact()
         path = self.path / name
         try:
             atomic_write_json(path, obj)
@@ -227,3 +303,16 @@ class RunFolder:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
+
+    def write_png(self, path: Path, array) -> Path:
+        """A PNG inside the run (a pseudo mask, CAM or lung field), atomically."""
+        from PIL import Image
+
+        self._write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+        return path
+
+    def save_classifier(self, state: dict) -> Path:
+        import torch
+
+        self._write(self.classifier_path, lambda tmp: torch.save(state, tmp))
+        return self.classifier_path

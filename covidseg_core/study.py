@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .imaging.windowing import to_unit_range
+
 IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -52,6 +54,12 @@ class Study:
         """Physical (LPS, mm) position of voxel index (z, y, x): origin + D @ (spacing * (x, y, z))."""
         ijk = np.array([x, y, z], dtype=float) * np.asarray(self.spacing)
         return np.asarray(self.origin) + self.direction_matrix() @ ijk
+
+    def unit_range(self, z: int | None = None) -> np.ndarray:
+        """What the networks see, in [0, 1] (imaging.windowing.to_unit_range): the whole volume, or slice z only
+        (a 16-bit image slice is then scaled by its own percentiles)."""
+        array = self.array if z is None else self.array[z]
+        return to_unit_range(array, self.is_hu, self.meta.get("bits", 8))
 
     def slice_index(self, slice_id: str) -> int:
         return self.slice_ids.index(slice_id)

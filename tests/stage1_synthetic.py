@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from covidseg_core.data import SliceSet
-from covidseg_core.preprocess import apply_window, LUNG_WINDOW
+from covidseg_core.imaging.windowing import apply_window, LUNG_WINDOW
 
 
 def ellipse(shape, cy, cx, ry, rx):

@@ -9,10 +9,10 @@ import SimpleITK as sitk
 
 from covidseg_core.demo import write_demo
 from covidseg_core.events import drive
-from covidseg_core.export import export_project, save_prediction
+from covidseg_core.results.export import export_project, save_prediction
 from covidseg_core.errors import ProjectError
 from covidseg_core.io.loader import open_study
-from covidseg_core.project import Project
+from covidseg_core.project.api import Project
 
 
 @pytest.fixture()

@@ -74,15 +74,3 @@ def test_empty_and_unreadable_image_folders(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="broken.png"):
         read_image_folder(tmp_path)
-
-
-def test_run_to_return_relays_events_and_returns_the_value():
-    from covidseg_core.events import run_to_return
-
-    def job():
-        yield 1
-        yield 2
-        return "model"
-
-    seen = []
-    assert run_to_return(job(), seen.append) == "model" and seen == [1, 2]

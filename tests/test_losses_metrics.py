@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from covidseg_core.losses import IGNORE, balanced_bce, tversky_focal_loss
-from covidseg_core.metrics import Confusion, confusion, dice, sensitivity, specificity, summarize
+from covidseg_core.constants import IGNORE
+from covidseg_core.seg.losses import tversky_focal_loss
+from covidseg_core.weak.losses import balanced_bce
+from covidseg_core.results.metrics import Confusion, confusion, dice, sensitivity, specificity, summarize
 
 
 def _target():

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidseg_core.lungs import density_prior, lung_field, lung_saliency, otsu_threshold
-from covidseg_core.preprocess import LUNG_WINDOW, apply_window
+from covidseg_core.imaging.lungs import density_prior, lung_field, lung_saliency, otsu_threshold
+from covidseg_core.imaging.windowing import LUNG_WINDOW, apply_window
 
 from stage1_synthetic import ellipse, synthetic_slice
 

@@ -21,12 +21,13 @@ from PIL import Image
 from covidseg_core import cli
 from covidseg_core.demo import write_demo
 from covidseg_core.errors import Cancelled, InputError, RunError
-from covidseg_core.evaluate import evaluate_folders
+from covidseg_core.results.evaluate import evaluate_folders
 from covidseg_core.events import CancelToken, Done, EpochReport, Message, drive
-from covidseg_core.inference import predict_job
-from covidseg_core.metrics import summarize
+from covidseg_core.infer.predict import predict_job
+from covidseg_core.pipeline import train_job
+from covidseg_core.results.metrics import summarize
 from covidseg_core.runs import RunFolder
-from covidseg_core.training import TrainConfig, train_job
+from covidseg_core.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from covidseg_core import atomic
-from covidseg_core import project_store as store
+from covidseg_core.project import store
 from covidseg_core.errors import InputError, LabelError, ProjectError
-from covidseg_core.project import Project
+from covidseg_core.project.api import Project
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).resolve().parent / "helpers" / "label_writer.py"

@@ -5,7 +5,7 @@ import pytest
 
 from covidseg_core.demo import make_demo_volume
 from covidseg_core.errors import InputError
-from covidseg_core.quantify import quantify, write_quantification
+from covidseg_core.results.quantify import quantify, write_quantification
 from covidseg_core.study import Study
 
 

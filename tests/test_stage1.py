@@ -11,12 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from covidseg_core.cam import FusionBank, normalise_cams
+from covidseg_core.weak.cam import FusionBank, normalise_cams
 from covidseg_core.errors import Cancelled, InputError, LabelError, TrainingError
 from covidseg_core.events import CancelToken, Done, EpochReport, Progress, drive
-from covidseg_core.lungs import lung_field
-from covidseg_core.pseudo_masks import (IGNORE, from_png_values, make_pseudo_mask, to_png_values)
-from covidseg_core.stage1 import Stage1Config, roc_auc, run_stage1
+from covidseg_core.imaging.lungs import lung_field
+from covidseg_core.constants import IGNORE
+from covidseg_core.results.metrics import roc_auc
+from covidseg_core.weak.config import Stage1Config
+from covidseg_core.weak.job import run_stage1
+from covidseg_core.weak.pseudo_masks import from_png_values, make_pseudo_mask, to_png_values
 
 from stage1_synthetic import synthetic_slice_set
 

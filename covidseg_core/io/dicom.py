@@ -3,6 +3,9 @@
 Slices are ordered by their position along the slice normal (cross product of the row and column cosines of
 ImageOrientationPatient), never by file name or InstanceNumber, which scanners and exporters do not keep in order.
 The geometry matches what SimpleITK's ImageSeriesReader gives for the same files, so exported masks line up.
+
+This module is over 400 lines because those rules (series choice, scout rejection, ordering, rescale, geometry
+checks) are one reading of one folder scan; split apart, each piece would need the scan's internals.
 """
 from __future__ import annotations
 

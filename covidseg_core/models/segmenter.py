@@ -120,3 +120,8 @@ def build_segmenter(name: str = "light", in_ch: int = 1, **options) -> Segmenter
     if name not in VARIANTS:
         raise ValueError(f"Unknown segmenter {name!r}; choose one of {', '.join(SEGMENTER_NAMES)}.")
     return LightUNet(in_ch=in_ch, **{**VARIANTS[name], **options})
+
+
+def build_from_spec(spec: dict) -> SegmenterBase:
+    """A fresh segmenter from the spec a run records (`{"name", "in_ch", "options"}`, see train_config.TrainConfig)."""
+    return build_segmenter(spec.get("name", "light"), in_ch=int(spec.get("in_ch", 1)), **spec.get("options", {}))

@@ -52,7 +52,7 @@ def test_label_by_keys_undo_redo(qtbot, demo_window):
     qtbot.keyClick(w.view, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert s.project.label(s.source_id, sid) == target
     # saved the moment it was given: a fresh read of the project folder sees it
-    from covidseg_core.project import Project
+    from covidseg_core.project.api import Project
     folder = s.project.folder
     w.session.close_project()
     with Project.open(folder, read_only=True) as p:

@@ -1,7 +1,7 @@
 """Time Project.set_label with ~500 labels in the project: python tests/helpers/bench_project.py [TMPDIR]."""
 import statistics, sys, tempfile, time
 from pathlib import Path
-from covidseg_core.project import Project
+from covidseg_core.project.api import Project
 root = Path(tempfile.mkdtemp(dir=sys.argv[1] if len(sys.argv) > 1 else None))
 (root / "study").mkdir()
 p = Project.create(root / "proj")

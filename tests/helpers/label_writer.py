@@ -43,7 +43,7 @@ def run_step(project, source_id: str, i: int) -> list[str]:
 
 
 def main(folder: str) -> None:
-    from covidseg_core.project import Project
+    from covidseg_core.project.api import Project
 
     Project.compact_every = 25   # snapshots often, so kills also land inside a compaction
     project = Project.open(folder)

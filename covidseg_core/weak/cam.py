@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-FUSION_MODES = ("avg", "max", "none")
+from ..constants import FUSION_MODES
+from ..errors import InputError
 
 
 def check_fusion(mode: str) -> str:
     mode = (mode or "").lower()
     if mode not in FUSION_MODES:
-        from .errors import InputError
         raise InputError(f"Unknown fusion '{mode}'.", "Use avg, max or none.")
     return mode
 
@@ -31,16 +30,6 @@ def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
     """(N, h, w) non-negative CAMs -> each divided by its own maximum (all-zero maps stay zero)."""
     peak = cams.flatten(1).amax(dim=1).clamp_min(1e-8)
     return cams / peak[:, None, None]
-
-
-def upsample(maps: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) or (h, w) maps -> bilinearly resized to `shape`, float32 in [0, 1]."""
-    t = torch.as_tensor(np.asarray(maps, dtype=np.float32))
-    squeeze = t.ndim == 2
-    t = t[None] if squeeze else t
-    out = F.interpolate(t[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]
-    out = out.clamp(0.0, 1.0).numpy()
-    return out[0] if squeeze else out
 
 
 class FusionBank:

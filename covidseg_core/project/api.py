@@ -1,6 +1,6 @@
 """Project: a folder holding a user's studies (sources), slice labels, mask corrections, runs and settings.
 
-Every change is on disk before the method that made it returns (see project_store: a journal line fsynced per
+Every change is on disk before the method that made it returns (see store.py: a journal line fsynced per
 change, snapshots written atomically), so a crash or a kill never loses a label the GUI showed as saved.
 Label and correction changes can be undone and redone; the history lives in memory for the session.
 
@@ -10,11 +10,14 @@ made the change, after the change is saved; a GUI relays them to its own thread.
 Events: "labels_changed" {source_id, slice_ids}, "correction_changed" {source_id, slice_id},
 "sources_changed" {source_id, action}, "runs_changed" {path}, "settings_changed" {keys},
 "history_changed" {can_undo, can_redo, undo_text, redo_text}.
+
+This module is over 400 lines because it is one class, the Project API, whose every public method follows the
+same discipline (take the lock, save the change through the journal, then tell the observers); kept in one file
+that discipline can be checked at a glance. What does not need it lives beside it: store.py (files, journal,
+lock), ops.py (applying changes), corrections.py (mask files).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import re
@@ -22,27 +25,23 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from . import __version__
-from . import project_store as store
-from .atomic import atomic_write_bytes, atomic_write_json
-from .errors import InputError, LabelError, ProjectError
+from .. import __version__
+from ..atomic import atomic_write_bytes, atomic_write_json
+from ..constants import DEVICES, FUSION_MODES, LABELS
+from ..errors import InputError, LabelError, ProjectError
+from . import store
+from .corrections import binary_mask, decode_mask, encode_mask, new_correction_name
+from .ops import ProjectState, apply_op
 
 log = logging.getLogger(__name__)
 
-LABELS = ("infected", "clean")
 SOURCE_KINDS = ("dicom", "nifti", "images")
-CORRECTIONS_DIR = "corrections"
 RUNS_DIR = "runs"
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                     *(f"LPT{i}" for i in range(1, 10))}
 
 Callback = Callable[[str, dict], None]
 
@@ -204,7 +203,7 @@ class Project:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Project({str(self._folder)!r}, name={self._name!r}, sources={len(self._sources)})"
+        return f"Project({str(self._folder)!r}, name={self._name!r}, sources={len(self._state.sources)})"
 
     @property
     def folder(self) -> Path:
@@ -237,22 +236,21 @@ class Project:
         self._name = str(doc.get("name") or self._folder.name)
         self._created = str(doc.get("created") or _now())
         self._seq = expect("journal_seq", int, 0)
-        self._next_source_number = expect("next_source_number", int, 1)
-        self._sources: dict[str, dict] = {}
+        self._state = ProjectState(next_source_number=expect("next_source_number", int, 1), warnings=self.warnings)
         for record in expect("sources", list, []):
             if isinstance(record, dict) and isinstance(record.get("id"), str) and isinstance(record.get("path"), str):
-                self._sources[record["id"]] = record
+                self._state.sources[record["id"]] = record
             else:
                 self.warnings.append(f"A damaged source entry was skipped: {record!r}")
-        self._labels: dict[str, dict[str, str]] = {sid: {} for sid in self._sources}
+        self._state.labels = {sid: {} for sid in self._state.sources}
         for sid, labels in expect("labels", dict, {}).items():
             self._apply_op({"op": "labels", "source": sid, "set": labels if isinstance(labels, dict) else {}})
-        self._corrections: dict[str, dict[str, str]] = {sid: {} for sid in self._sources}
+        self._state.corrections = {sid: {} for sid in self._state.sources}
         for sid, files in expect("corrections", dict, {}).items():
             for slice_id, rel in (files.items() if isinstance(files, dict) else ()):
                 self._apply_op({"op": "correction", "source": sid, "slice": slice_id, "file": rel})
-        self._runs: list[dict] = [r for r in expect("runs", list, []) if isinstance(r, dict)]
-        self._settings: dict = dict(expect("settings", dict, {}))
+        self._state.runs = [r for r in expect("runs", list, []) if isinstance(r, dict)]
+        self._state.settings = dict(expect("settings", dict, {}))
 
     def _document(self) -> dict:
         return {
@@ -263,12 +261,12 @@ class Project:
             "modified": _now(),
             "saved_by": f"CovidSeg Assist {__version__}",
             "journal_seq": self._seq,
-            "next_source_number": self._next_source_number,
-            "sources": list(self._sources.values()),
-            "labels": self._labels,
-            "corrections": self._corrections,
-            "runs": self._runs,
-            "settings": self._settings,
+            "next_source_number": self._state.next_source_number,
+            "sources": list(self._state.sources.values()),
+            "labels": self._state.labels,
+            "corrections": self._state.corrections,
+            "runs": self._state.runs,
+            "settings": self._state.settings,
         }
 
     def compact(self) -> None:
@@ -284,73 +282,7 @@ class Project:
 
     # ------------------------------------------------------------------------------------ applying changes
     def _apply_op(self, op: dict) -> None:
-        """Apply one journal op to the in-memory state (live and on replay); ignores ops that make no sense."""
-        kind = op.get("op")
-        sid = op.get("source")
-        if kind == "labels":
-            if sid not in self._sources or not isinstance(op.get("set"), dict):
-                self.warnings.append(f"Labels for an unknown source {sid!r} were skipped.")
-                return
-            labels = self._labels.setdefault(sid, {})
-            for slice_id, label in op["set"].items():
-                if label is None:
-                    labels.pop(slice_id, None)
-                elif label in LABELS:
-                    labels[slice_id] = label
-                else:
-                    self.warnings.append(f"An unknown label {label!r} of slice {slice_id!r} was skipped.")
-        elif kind == "correction":
-            rel = op.get("file")
-            if sid not in self._sources or not isinstance(op.get("slice"), str):
-                self.warnings.append(f"A correction for an unknown source {sid!r} was skipped.")
-            elif rel is None:
-                self._corrections.setdefault(sid, {}).pop(op["slice"], None)
-            elif self._is_correction_path(rel):
-                self._corrections.setdefault(sid, {})[op["slice"]] = rel
-            else:
-                self.warnings.append(f"A correction stored outside the project ({rel!r}) was skipped.")
-        elif kind == "source_put":
-            record = op.get("record")
-            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-                self.warnings.append("A damaged source entry was skipped.")
-                return
-            sid = record["id"]
-            self._sources[sid] = record
-            self._labels[sid] = {}
-            self._corrections[sid] = {}
-            self._next_source_number = max(self._next_source_number, int(op.get("next", 1)))
-            self._apply_op({"op": "labels", "source": sid, "set": dict(op.get("labels") or {})})
-            for slice_id, rel in dict(op.get("corrections") or {}).items():
-                self._apply_op({"op": "correction", "source": sid, "slice": slice_id, "file": rel})
-        elif kind == "source_remove":
-            sid = op.get("id")
-            self._sources.pop(sid, None)
-            self._labels.pop(sid, None)
-            self._corrections.pop(sid, None)
-        elif kind == "run_put":
-            record = op.get("record")
-            if isinstance(record, dict) and isinstance(record.get("path"), str):
-                paths = [r.get("path") for r in self._runs]
-                if record["path"] in paths:   # an update keeps the run's place in the history
-                    self._runs[paths.index(record["path"])] = record
-                else:
-                    self._runs.append(record)
-        elif kind == "settings":
-            for key, value in dict(op.get("values") or {}).items():
-                if value is None:
-                    self._settings.pop(key, None)
-                else:
-                    self._settings[key] = value
-        else:
-            self.warnings.append(f"An unknown change {kind!r} was skipped.")
-
-    @staticmethod
-    def _is_correction_path(rel: Any) -> bool:
-        if not isinstance(rel, str):
-            return False
-        parts = PurePosixPath(rel).parts
-        return (len(parts) == 3 and parts[0] == CORRECTIONS_DIR and ".." not in parts
-                and not PurePosixPath(rel).is_absolute() and "\\" not in rel and ":" not in rel)
+        apply_op(self._state, op)
 
     def _replay(self, records: list[dict]) -> None:
         for record in records:
@@ -515,7 +447,7 @@ class Project:
             if existing is not None:
                 return existing
             self._check_writable()
-            number = self._next_source_number
+            number = self._state.next_source_number
             sid = f"s{number}"
             record = {"id": sid, **self._paths_for(path), "kind": kind, "series_uid": series_uid,
                       "added": _now()}
@@ -527,7 +459,7 @@ class Project:
         """The id of the source with this path (and series), or None."""
         path = os.path.normcase(os.path.realpath(Path(path).expanduser()))
         with self._lock:
-            for sid, record in self._sources.items():
+            for sid, record in self._state.sources.items():
                 same_path = os.path.normcase(os.path.realpath(self._locate(record))) == path
                 if same_path and record.get("series_uid") == series_uid:
                     return sid
@@ -537,7 +469,7 @@ class Project:
     def sources(self) -> list[dict]:
         """Copies of the source records: id, path (absolute), relpath, kind, series_uid, added."""
         with self._lock:
-            return [dict(r) for r in self._sources.values()]
+            return [dict(r) for r in self._state.sources.values()]
 
     def source(self, source_id: str) -> dict:
         with self._lock:
@@ -550,7 +482,7 @@ class Project:
 
     def _source_record(self, source_id: str) -> dict:
         try:
-            return self._sources[source_id]
+            return self._state.sources[source_id]
         except (KeyError, TypeError):
             raise ProjectError(f"The project has no study with id {source_id!r}.",
                                "Add the study to the project first.") from None
@@ -559,9 +491,9 @@ class Project:
         """Remove a study with its labels and corrections (undoable; correction files stay until then)."""
         with self._lock:
             record = self._source_record(source_id)
-            restore = {"op": "source_put", "record": record, "next": self._next_source_number,
-                       "labels": dict(self._labels.get(source_id, {})),
-                       "corrections": dict(self._corrections.get(source_id, {}))}
+            restore = {"op": "source_put", "record": record, "next": self._state.next_source_number,
+                       "labels": dict(self._state.labels.get(source_id, {})),
+                       "corrections": dict(self._state.corrections.get(source_id, {}))}
             payload = {"source_id": source_id}
             events = self._record(_Change(
                 text=f"Remove study {Path(record['path']).name}",
@@ -580,7 +512,7 @@ class Project:
         wanted = {_check_slice_id(s): normalise_label(v) for s, v in dict(labels).items()}
         with self._lock:
             self._source_record(source_id)
-            current = self._labels.get(source_id, {})
+            current = self._state.labels.get(source_id, {})
             after = {s: v for s, v in wanted.items() if current.get(s) != v}
             if not after:
                 return
@@ -601,13 +533,13 @@ class Project:
     def label(self, source_id: str, slice_id: str) -> str | None:
         with self._lock:
             self._source_record(source_id)
-            return self._labels.get(source_id, {}).get(slice_id)
+            return self._state.labels.get(source_id, {}).get(slice_id)
 
     def labels(self, source_id: str) -> dict[str, str]:
         """slice id -> 'infected' | 'clean' for the labelled slices of a study."""
         with self._lock:
             self._source_record(source_id)
-            return dict(self._labels.get(source_id, {}))
+            return dict(self._state.labels.get(source_id, {}))
 
     def counts(self, source_id: str, slice_ids: list[str] | None = None) -> dict[str, int | None]:
         """How many slices are infected, clean, unlabelled. Without the study's slice ids the project cannot
@@ -624,10 +556,11 @@ class Project:
                         expected_shape: tuple[int, int] | None = None) -> Path:
         """Save the user's pixel mask of a slice as a 0/255 PNG under corrections/. Undoable."""
         _check_slice_id(slice_id)
-        png = _encode_mask(_binary_mask(mask, expected_shape))
+        png = encode_mask(binary_mask(mask, expected_shape))
         with self._lock:
             self._source_record(source_id)
-            rel = self._corrections.get(source_id, {}).get(slice_id) or self._new_correction_name(source_id, slice_id)
+            rel = (self._state.corrections.get(source_id, {}).get(slice_id)
+                   or new_correction_name(source_id, slice_id, self._state.corrections.get(source_id, {}).values()))
             old = self._read_correction_bytes(source_id, slice_id)
             if old == png:
                 return self._folder / rel
@@ -646,7 +579,7 @@ class Project:
         """Drop a slice's correction (undoable). False when it had none."""
         with self._lock:
             self._source_record(source_id)
-            rel = self._corrections.get(source_id, {}).get(slice_id)
+            rel = self._state.corrections.get(source_id, {}).get(slice_id)
             if rel is None:
                 return False
             old = self._read_correction_bytes(source_id, slice_id)
@@ -664,25 +597,17 @@ class Project:
         """The corrected mask of a slice as uint8 0/255, or None when it has none."""
         with self._lock:
             data = self._read_correction_bytes(source_id, slice_id)
-        if data is None:
-            return None
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                values = np.asarray(image.convert("L"))
-        except (OSError, ValueError) as err:
-            raise ProjectError(f"The correction of slice {slice_id} is damaged ({err}).",
-                               "Remove it and draw it again.") from err
-        return np.where(values >= 128, 255, 0).astype(np.uint8)
+        return None if data is None else decode_mask(data, slice_id)
 
     def corrections(self, source_id: str) -> dict[str, Path]:
         """slice id -> absolute path of its correction PNG."""
         with self._lock:
             self._source_record(source_id)
-            return {s: self._folder / rel for s, rel in self._corrections.get(source_id, {}).items()}
+            return {s: self._folder / rel for s, rel in self._state.corrections.get(source_id, {}).items()}
 
     def _read_correction_bytes(self, source_id: str, slice_id: str) -> bytes | None:
         self._source_record(source_id)
-        rel = self._corrections.get(source_id, {}).get(slice_id)
+        rel = self._state.corrections.get(source_id, {}).get(slice_id)
         if rel is None:
             return None
         try:
@@ -693,24 +618,6 @@ class Project:
         except OSError as err:
             raise ProjectError(f"Cannot read the correction {self._folder / rel}: {err.strerror or err}.",
                                "Check the project folder's permissions.") from err
-
-    def _new_correction_name(self, source_id: str, slice_id: str) -> str:
-        """corrections/<source>/<name>.png: the slice id made safe for every file system, unique per study."""
-        stem = slice_id
-        for suffix in _IMAGE_SUFFIXES:
-            if stem.lower().endswith(suffix) and len(stem) > len(suffix):
-                stem = stem[:-len(suffix)]
-                break
-        safe = _UNSAFE_CHARS.sub("_", stem).strip("._ ")[:100] or "slice"
-        digest = hashlib.sha1(slice_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-        if safe != stem or safe.upper().split(".")[0] in _WINDOWS_RESERVED:
-            safe = f"{safe}-{digest}"   # different ids must not end up with the same name
-        taken = {PurePosixPath(rel).name.lower() for rel in self._corrections.get(source_id, {}).values()}
-        name, n = f"{safe}.png", 1
-        while name.lower() in taken:
-            name = f"{safe}-{digest}.png" if n == 1 else f"{safe}-{digest}-{n}.png"
-            n += 1
-        return f"{CORRECTIONS_DIR}/{source_id}/{name}"
 
     # ------------------------------------------------------------------------------------- runs and settings
     def new_run_dir(self, prefix: str = "run") -> Path:
@@ -740,7 +647,7 @@ class Project:
         with self._lock:
             self._check_writable()
             paths = self._paths_for(Path(path))
-            previous = next((r for r in self._runs if r.get("path") == paths["path"]), None)
+            previous = next((r for r in self._state.runs if r.get("path") == paths["path"]), None)
             record = {**paths, "summary": summary,
                       "added": previous.get("added", _now()) if previous else _now(), "updated": _now()}
             self._perform([{"op": "run_put", "record": record}])
@@ -750,12 +657,12 @@ class Project:
     def runs(self) -> list[dict]:
         """Recorded runs, oldest first: path (where it is now), relpath, summary, added, updated."""
         with self._lock:
-            return [{**store.json_copy(r, "run"), "path": str(self._locate(r))} for r in self._runs]
+            return [{**store.json_copy(r, "run"), "path": str(self._locate(r))} for r in self._state.runs]
 
     @property
     def settings(self) -> dict:
         with self._lock:
-            return store.json_copy(self._settings, "settings")
+            return store.json_copy(self._state.settings, "settings")
 
     def update_settings(self, **values: Any) -> None:
         """Change training settings (fusion, device, epochs, image size...); None removes a setting."""
@@ -763,14 +670,14 @@ class Project:
         for key, value in values.items():
             _check_setting(key, value)
         with self._lock:
-            changed = {k: v for k, v in values.items() if self._settings.get(k) != v}
+            changed = {k: v for k, v in values.items() if self._state.settings.get(k) != v}
             if not changed:
                 return
             self._perform([{"op": "settings", "values": changed}])
         self._emit([("settings_changed", {"keys": list(changed)})])
 
 
-_SETTING_CHOICES = {"fusion": ("avg", "max", "none"), "device": ("auto", "cpu", "cuda")}
+_SETTING_CHOICES = {"fusion": FUSION_MODES, "device": DEVICES}
 _POSITIVE_INT_SETTINGS = ("cls_epochs", "seg_epochs", "epochs", "image_size", "size", "batch_size")
 
 
@@ -783,28 +690,3 @@ def _check_setting(key: str, value: Any) -> None:
         raise InputError(f"The {key} setting must be a whole number of at least 1, got {value!r}.")
     if key == "seed" and (not isinstance(value, int) or isinstance(value, bool)):
         raise InputError(f"The seed setting must be a whole number, got {value!r}.")
-
-
-def _binary_mask(mask: Any, expected_shape: tuple[int, int] | None) -> np.ndarray:
-    """A 2-D bool or 0/1 or 0/255 integer mask -> uint8 0/255; a clear InputError for anything else."""
-    arr = np.asarray(mask)
-    if arr.ndim != 2 or arr.size == 0:
-        raise InputError(f"A correction mask must be one 2-D slice, got an array of shape {arr.shape}.")
-    if expected_shape is not None and tuple(arr.shape) != tuple(int(v) for v in expected_shape):
-        raise InputError(f"mask of the wrong size: {arr.shape[0]}x{arr.shape[1]} pixels, but the slice is "
-                         f"{expected_shape[0]}x{expected_shape[1]}.", "Draw the correction on the slice itself.")
-    if arr.dtype == bool:
-        foreground = arr
-    elif np.issubdtype(arr.dtype, np.integer):
-        if not set(np.unique(arr).tolist()) <= {0, 1, 255}:
-            raise InputError("A correction mask must hold only 0 and 1 (or 0 and 255).")
-        foreground = arr > 0
-    else:
-        raise InputError(f"A correction mask must be boolean or uint8, got {arr.dtype}.")
-    return np.where(foreground, 255, 0).astype(np.uint8)
-
-
-def _encode_mask(mask: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(mask).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -10,8 +10,8 @@ import logging
 import math
 from pathlib import Path
 
-from .errors import InputError
-from .io.images import IMAGE_SUFFIXES, read_gray
+from ..errors import InputError
+from ..io.images import IMAGE_SUFFIXES, read_gray
 from .metrics import summarize
 
 log = logging.getLogger(__name__)

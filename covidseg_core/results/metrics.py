@@ -1,4 +1,4 @@
-"""Segmentation metrics on binary masks (numpy): Dice, sensitivity, specificity, per image and pooled.
+"""Metrics: Dice, sensitivity, specificity on binary masks (per image and pooled), and the ROC AUC of scores.
 
 Edge cases, defined once here:
 - Dice = 2TP / (2TP + FP + FN). When ground truth and prediction are both empty it is 1.0 (the two masks
@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 class Confusion(NamedTuple):
@@ -89,3 +90,15 @@ def summarize(preds: Iterable, gts: Iterable) -> dict:
         "specificity_pooled": specificity(total),
         "n_images": n_images, "n_infected": len(per_image), "clean_with_prediction": clean_with_prediction,
     }
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U from average ranks, so ties count half); NaN when one class is
+    missing."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores, method="average")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

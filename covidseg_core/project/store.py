@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InputError, ProjectError
+from ..errors import InputError, ProjectError
 
 try:  # POSIX
     import fcntl

@@ -1,4 +1,4 @@
-"""Losses: the segmenter's log-Tversky + focal mix (METHOD.md Stage 2) and the classifier's balanced BCE.
+"""The segmenter's loss: the log-Tversky + focal mix of METHOD.md Stage 2 (the classifier's is weak/losses.py).
 
 Target convention for the whole project: an integer tensor with 0 = background, 1 = infection and
 255 (`IGNORE`) = no label; ignored pixels contribute nothing to any term.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from ..constants import IGNORE
 
 
 def _flatten_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,28 +64,3 @@ def tversky_focal_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.
     p_t = torch.exp(-bce)
     focal = (((1.0 - p_t) ** focal_gamma) * bce * keep_f).sum() / n_valid
     return w_t * tversky_term + w_f * focal
-
-
-def balanced_bce(logits: torch.Tensor, targets: torch.Tensor, pos_fraction: float | None = None) -> torch.Tensor:
-    """Class-balanced BCE for image-level labels: positives and negatives weigh half each.
-
-    `pos_fraction` is the share of positives in the training set; without it the batch's own share is used
-    (and a batch holding one class only gets the plain mean BCE of that class).
-    """
-    logits = logits.reshape(-1).float()
-    targets = targets.reshape(-1).to(logits.dtype)
-    if logits.shape != targets.shape:
-        raise ValueError(f"{logits.numel()} logits for {targets.numel()} targets")
-    if logits.numel() == 0:
-        return logits.sum() * 0.0
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    if pos_fraction is not None:
-        if not 0.0 < pos_fraction < 1.0:
-            raise ValueError(f"pos_fraction must lie strictly between 0 and 1, not {pos_fraction}")
-        weights = torch.where(targets > 0.5, 0.5 / pos_fraction, 0.5 / (1.0 - pos_fraction))
-        return (weights * bce).mean()
-    pos = targets > 0.5
-    n_pos = int(pos.sum())
-    if n_pos == 0 or n_pos == targets.numel():
-        return bce.mean()
-    return 0.5 * bce[pos].mean() + 0.5 * bce[~pos].mean()

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lungs import lung_saliency
-
-BACKGROUND, FOREGROUND, IGNORE = 0, 1, 255
-PNG_BACKGROUND, PNG_FOREGROUND, PNG_IGNORE = 0, 255, 127
+from ..constants import BACKGROUND, FOREGROUND, IGNORE, PNG_FOREGROUND, PNG_IGNORE
+from ..imaging.lungs import lung_saliency
 
 
 @dataclass

@@ -8,17 +8,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .errors import InputError
-from .lungs import lung_field
-from .preprocess import to_unit_range
-from .study import Study
+from ..atomic import atomic_write_text
+from ..errors import InputError
+from ..events import CancelToken, Progress, drive
+from ..imaging.lungs import lung_field
+from ..study import Study
+
+
+def lung_fields_steps(study: Study, cancel: CancelToken | None = None):
+    """Generator: the lung field of every slice (on what the networks see), with a Progress per slice and a
+    cancel point; returns the mask (z, y, x)."""
+    img = study.unit_range()
+    lungs = np.zeros(study.shape, dtype=bool)
+    for z in range(study.n_slices):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        lungs[z] = lung_field(img[z])
+        yield Progress("quantify", z + 1, study.n_slices, "lung fields")
+    return lungs
 
 
 def lung_fields(study: Study) -> np.ndarray:
-    """Lung-field mask (z, y, x) of a study, slice by slice, on the lung-window image."""
-    img = to_unit_range(study.array, study.is_hu, study.meta.get("bits", 8))
-    return np.stack([lung_field(s) for s in img])
+    """Lung-field mask (z, y, x) of a study, slice by slice."""
+    return drive(lung_fields_steps(study))
 
 
 def quantify(study: Study, mask: np.ndarray, lungs: np.ndarray | None = None) -> dict:

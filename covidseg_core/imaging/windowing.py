@@ -1,4 +1,4 @@
-"""Intensity windowing and resizing shared by training, inference and the app."""
+"""Intensity windowing: HU -> [0, 1] through a window, and what the networks see (`to_unit_range`)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,7 +1,7 @@
 """A project's masks as NIfTI in the geometry of each source scan, with the quantification beside them.
 
 Where a slice has a user correction it wins; elsewhere the newest run's prediction for that source is used
-(stored as RUN/predictions/<source id>.nii.gz by whoever predicted it: the app or `save_prediction`).
+(stored at RunFolder.prediction_path by whoever predicted it: the app or `save_prediction`).
 """
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ProjectError
-from .events import CancelToken, Done, Message, Progress
-from .io.loader import open_study
-from .io.nifti import write_mask_nifti
+from ..errors import InputError, ProjectError
+from ..events import CancelToken, Done, Message, Progress
+from ..io.loader import open_study
+from ..io.nifti import write_mask_nifti
+from ..runs import RunFolder
+from ..study import Study
 from .quantify import quantify, write_quantification
-from .study import Study
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS_DIR = "predictions"
-
-
-def prediction_path(run_dir: str | Path, source_id: str) -> Path:
-    return Path(run_dir) / PREDICTIONS_DIR / f"{source_id}.nii.gz"
 
 
 def save_prediction(run_dir: str | Path, source_id: str, mask: np.ndarray, study: Study) -> Path:
     """Keep a run's predicted mask of a project source (uint8 0/1, the study's geometry), atomically."""
-    return write_mask_nifti((np.asarray(mask) > 0).astype(np.uint8), study, prediction_path(run_dir, source_id))
+    return write_mask_nifti((np.asarray(mask) > 0).astype(np.uint8), study,
+                            RunFolder(run_dir).prediction_path(source_id))
 
 
 def latest_prediction(project, source_id: str, shape: tuple[int, int, int]) -> tuple[np.ndarray | None, str | None]:
@@ -36,7 +32,7 @@ def latest_prediction(project, source_id: str, shape: tuple[int, int, int]) -> t
     import SimpleITK as sitk
 
     for run in reversed(project.runs):
-        path = prediction_path(run["path"], source_id)
+        path = RunFolder(run["path"]).prediction_path(source_id)
         if not path.is_file():
             continue
         arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
@@ -47,13 +43,17 @@ def latest_prediction(project, source_id: str, shape: tuple[int, int, int]) -> t
     return None, None
 
 
-def assemble_mask(project, source_id: str, study: Study, which: str = "corrected") -> tuple[np.ndarray, dict]:
-    """The mask volume of a source: `which` = "predicted" (the newest prediction only) or "corrected"
-    (prediction with every corrected slice replaced by the user's mask)."""
+def assemble_mask(project, source_id: str, study: Study, which: str = "corrected",
+                  prediction: np.ndarray | None = None, run: str | None = None) -> tuple[np.ndarray, dict]:
+    """The mask volume of a source: `which` = "predicted" (the prediction only) or "corrected" (prediction with
+    every corrected slice replaced by the user's mask). The prediction is the newest run's unless one is given
+    (the app passes the one it shows)."""
     if which not in ("predicted", "corrected"):
         raise InputError(f"Unknown mask choice {which!r}.", "Use 'predicted' or 'corrected'.")
-    pred, run = latest_prediction(project, source_id, study.shape)
-    mask = pred if pred is not None else np.zeros(study.shape, np.uint8)
+    pred = prediction
+    if pred is None:
+        pred, run = latest_prediction(project, source_id, study.shape)
+    mask = (np.asarray(pred) > 0).astype(np.uint8) if pred is not None else np.zeros(study.shape, np.uint8)
     corrected = []
     if which == "corrected":
         for slice_id in project.corrections(source_id):

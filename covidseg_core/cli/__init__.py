@@ -1,0 +1,55 @@
+"""The `covidseg` command. Its names, options and outputs are a contract (README, "The command line"): keep them
+stable. `main` parses (parser.py) and runs one command of a group module (study_commands, training_commands,
+prediction_commands); output.py prints results and progress.
+
+Errors the user can act on print one line on stderr and exit 2; anything unexpected is logged with its traceback
+to a log file and reported in one line (exit 3).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import Cancelled, CovidSegError
+from .parser import build_parser
+
+
+def _log_file() -> Path:
+    folder = Path(tempfile.gettempdir()) / "covidseg-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "covidseg-cli.log"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as exc:
+        print(f"covidseg: {exc}", file=sys.stderr)
+        return 130
+    except CovidSegError as exc:
+        print(f"covidseg: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:              # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("covidseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: keep the traceback for the maintainer, one line for the user
+        path = _log_file()
+        crash_log = logging.getLogger("covidseg.crash")
+        crash_log.propagate = False          # the traceback goes to the file, not to the user's terminal
+        fh = logging.FileHandler(path)
+        crash_log.addHandler(fh)
+        crash_log.exception("unexpected error in covidseg %s", " ".join(sys.argv[1:]))
+        crash_log.removeHandler(fh)
+        fh.close()
+        print(f"covidseg: unexpected error: {type(exc).__name__}: {exc} (details in {path})", file=sys.stderr)
+        return 3
+

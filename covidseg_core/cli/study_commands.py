@@ -1,0 +1,77 @@
+"""`covidseg demo`, `info`, `export` and `gui`: studies and projects in, files and JSON out."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import CovidSegError
+from .output import print_json, run_job
+
+
+def cmd_demo(args) -> int:
+    from ..demo import write_demo
+
+    print_json(write_demo(args.out, seed=args.seed, n_slices=args.slices, size=args.size))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from ..io.loader import describe
+
+    print_json(describe(args.path, series_uid=args.series))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..project.api import Project
+    from ..results.export import export_project
+
+    project = Project.open(args.project, read_only=True)
+    try:
+        result = run_job(export_project(project, args.out, source_id=args.source, which=args.masks), args.quiet)
+    finally:
+        project.close()
+    print_json(result)
+    return 0
+
+
+def cmd_gui(args) -> int:
+    """A thin launcher: the desktop app is its own program (`python -m app`, the `covidseg-gui` script); the
+    core never imports it."""
+    path = [str(args.path)] if args.path else []
+    if getattr(sys, "frozen", False):          # the desktop bundle: its executable starts the app by default
+        return subprocess.call([sys.executable, *path])
+    missing = [m for m in ("app", "PySide6", "pyqtgraph") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CovidSegError(f"The desktop app cannot start: {', '.join(missing)} is not installed.",
+                            "Install the GUI extras: pip install 'covidseg-assist[gui]'.")
+    return subprocess.call([sys.executable, "-m", "app", *path])
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="write a small synthetic study (labels included)")
+    d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--slices", type=int, default=32)
+    d.add_argument("--size", type=int, default=128)
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("info", help="describe a study (DICOM folder, NIfTI file, image folder) as JSON")
+    i.add_argument("path", type=Path)
+    i.add_argument("--series", default=None, help="SeriesInstanceUID to read when a folder holds several")
+    i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("export", help="a project's masks as NIfTI in the source geometry (+ volumes as CSV/JSON)")
+    e.add_argument("--project", required=True, type=Path)
+    e.add_argument("--out", required=True, type=Path, help="FILE.nii.gz")
+    e.add_argument("--source", default=None, help="source id, when the project holds several studies")
+    e.add_argument("--masks", choices=("corrected", "predicted"), default="corrected",
+                   help="corrected: predictions with the user's corrections applied (default)")
+    e.set_defaults(func=cmd_export)
+
+    g = sub.add_parser("gui", help="open the desktop app")
+    g.add_argument("path", nargs="?", type=Path, help="a project folder or a study to open")
+    g.set_defaults(func=cmd_gui)

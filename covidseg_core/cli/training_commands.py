@@ -1,0 +1,84 @@
+"""`covidseg pseudo` (stage 1 alone) and `covidseg train` (the whole pipeline), with their shared options."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..constants import FUSION_MODES
+from .output import print_json, run_job
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _add_stage1_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path,
+                   help="image folder (images/ + labels.csv), DICOM folder or NIfTI file with a labels CSV")
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV when it does not lie with the data")
+    p.add_argument("--out", required=True, type=Path, help="run folder (created; re-run the same command to resume)")
+    p.add_argument("--fusion", choices=FUSION_MODES, default=None,
+                   help="attention fusion of the per-epoch CAMs (default avg)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="longer side slices are scaled to for training and prediction (default 256)")
+    p.add_argument("--cls-epochs", type=positive_int, default=None, help="classifier epochs")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--fast", action="store_true",
+                   help="small, quick preset (about a minute on the demo on a laptop CPU)")
+
+
+def _train_config(args, seg: bool):
+    from ..train_config import TrainConfig, fast_config
+
+    overrides = {k: v for k, v in {
+        "fusion": args.fusion, "size": args.size, "cls_epochs": args.cls_epochs, "seed": args.seed,
+        "seg_epochs": getattr(args, "seg_epochs", None) if seg else None,
+        "pixel_labels": str(args.pixel_labels.resolve()) if getattr(args, "pixel_labels", None) else None,
+    }.items() if v is not None}
+    return fast_config(**overrides) if args.fast else TrainConfig(**overrides)
+
+
+def cmd_train(args) -> int:
+    from ..pipeline import train_job
+
+    cfg = _train_config(args, seg=True)
+    metrics = run_job(train_job(args.data, args.out, cfg, device=args.device, labels_csv=args.labels),
+                      quiet=args.quiet)
+    print_json({"run": str(args.out), **(metrics or {})})
+    return 0
+
+
+def cmd_pseudo(args) -> int:
+    from ..data import load_slice_set
+    from ..infer.device import resolve_device
+    from ..pipeline import stage1_config
+    from ..weak.job import run_stage1
+
+    cfg = _train_config(args, seg=False)
+    device = resolve_device(args.device)
+    slices = load_slice_set(args.data, args.labels)
+    metrics = run_job(run_stage1(slices, args.out, stage1_config(cfg, device), None), quiet=args.quiet)
+    print_json({"run": str(args.out), **(metrics or {})})
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pseudo", help="stage 1 alone: labels -> classifier -> fused CAMs -> pseudo masks")
+    _add_stage1_options(p)
+    p.set_defaults(func=cmd_pseudo)
+
+    t = sub.add_parser("train", help="labels -> classifier -> fused CAMs -> pseudo masks -> segmenter "
+                       "(resumable: re-run the same command on the same --out)")
+    _add_stage1_options(t)
+    t.add_argument("--seg-epochs", type=positive_int, default=None, help="segmenter epochs")
+    t.add_argument("--pixel-labels", type=Path, default=None,
+                   help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
+                   "for those slices")
+    t.set_defaults(func=cmd_train)

@@ -1,0 +1,1 @@
+"""Image-level helpers every stage shares: intensity windowing, the one resizing module, lung fields and cues."""

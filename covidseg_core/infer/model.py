@@ -1,0 +1,51 @@
+"""A run's trained segmenter, loaded and ready to predict."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import RunError
+from ..models.segmenter import build_from_spec
+from ..runs import BEST, RunFolder
+from .device import resolve_device
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    size: int | None
+    device: torch.device
+    run: Path
+    epoch: int
+    precision: str = "auto"
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> LoadedModel:
+    """The best segmenter of a run, ready to predict. RunError for a missing, unfinished or incompatible run."""
+    run = RunFolder(run_dir)
+    config = run.read_config()
+    state = run.load_checkpoint(BEST)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    spec = state.get("spec") or config["options"].get("model_spec")
+    if not spec:
+        raise RunError(f"Checkpoint of run {run.path} does not say which network it holds.",
+                       "Train again with this version.")
+    model = build_from_spec(spec)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise RunError(f"The checkpoint of run {run.path} does not fit its network ({str(exc).splitlines()[0]}).",
+                       "The run was made by an incompatible version; train again.") from exc
+    model.to(dev).eval()
+    if dev.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return LoadedModel(model=model, size=config["options"].get("size"), device=dev, run=run.path,
+                       epoch=int(state.get("epoch", 0)), precision=precision)
+
+
+def default_batch_size(device: torch.device, shape: tuple[int, int]) -> int:
+    pixels = shape[0] * shape[1]
+    budget = 64 * 512 * 512 if device.type == "cuda" else 8 * 256 * 256
+    return int(max(1, min(64, budget // max(pixels, 1))))

@@ -1,0 +1,163 @@
+"""Predict infection masks with a trained run: image folders -> PNG masks, DICOM/NIfTI volumes -> NIfTI masks.
+
+Scale rule (the same in training and here): every slice is resized so that its longer side equals the run's
+`size` (aspect ratio kept; `size` null = native size), the network pads internally to a multiple of 16, and the
+probabilities are resized back to the slice's own size before thresholding. So images of any size work, and a
+slice is seen at the same scale relative to its field of view as in training (imaging/resize.py).
+Intensities go through `Study.unit_range`, exactly as in training.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write
+from ..errors import InputError
+from ..events import CancelToken, Done, Message, Progress
+from ..imaging.resize import resize_stack, working_shape
+from ..imaging.windowing import to_unit_range
+from ..io.images import image_dir, list_images, read_gray
+from ..io.loader import detect_kind, open_study
+from ..io.nifti import volume_suffix, write_mask_nifti
+from .device import inference_autocast
+from .model import LoadedModel, default_batch_size, load_run_model
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = 0.5
+
+
+def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
+                          cancel: CancelToken | None = None, stage: str = "predict",
+                          progress_of: tuple[int, int] | None = None):
+    """Generator: yields Progress; returns (via StopIteration.value) probabilities (n, H, W) float32 at the
+    images' own size. `images01` (n, H, W) in [0, 1] (what Study.unit_range gives). `progress_of` = (done
+    before, total) counts these images as part of a larger job in the Progress events."""
+    n, h, w = images01.shape
+    before, total = progress_of or (0, n)
+    work = working_shape(h, w, lm.size)
+    bs = batch_size or default_batch_size(lm.device, work)
+    out = np.empty((n, h, w), dtype=np.float32)
+    started = time.monotonic()
+    channels_last = lm.device.type == "cpu"
+    with torch.inference_mode():
+        for start in range(0, n, bs):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            x = torch.from_numpy(np.ascontiguousarray(images01[start:start + bs], dtype=np.float32))[:, None]
+            x = resize_stack(x.to(lm.device), work)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with inference_autocast(lm.device, lm.precision):
+                logits = lm.model(x)
+            prob = torch.sigmoid(logits.float())
+            prob = resize_stack(prob, (h, w))
+            out[start:start + len(x)] = prob[:, 0].cpu().numpy()
+            done = min(start + bs, n)
+            elapsed = time.monotonic() - started
+            yield Progress(stage, before + done, total, "slices",
+                           eta_s=elapsed / done * (n - done) if done < n else None)
+    return out
+
+
+def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
+                  cancel: CancelToken | None = None, threshold: float = THRESHOLD,
+                  progress_of: tuple[int, int] | None = None):
+    """Generator like predict_probabilities, returning uint8 0/1 masks."""
+    prob = yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=progress_of)
+    return (prob >= threshold).astype(np.uint8)
+
+
+# --- inputs and outputs ------------------------------------------------------------------------------------
+
+def _mask_name(image_name: str) -> str:
+    """Prediction PNG name: the input's name, with .png as its suffix (PNG is lossless; a .jpg mask is not)."""
+    p = Path(image_name)
+    return p.name if p.suffix.lower() == ".png" else p.stem + ".png"
+
+
+def volume_mask_name(source: Path) -> str:
+    """<name>_mask.nii.gz for a NIfTI file ct.nii.gz -> ct_mask.nii.gz, or a DICOM folder -> <folder>_mask.nii.gz."""
+    name = source.name
+    suffix = volume_suffix(source) if source.is_file() else ""
+    stem = name[: -len(suffix)] if suffix else name
+    return f"{stem or 'study'}_mask.nii.gz"
+
+
+def _predict_image_folder(lm, folder: Path, out: Path, batch_size, cancel):
+    from PIL import Image
+
+    src = image_dir(folder)
+    files = list_images(src)
+    if not files:
+        raise InputError(f"No PNG/JPG images in {src}.", "Choose a folder with slice images, a DICOM folder "
+                         "or a NIfTI file.")
+    # slices of different sizes are allowed: predict them in groups of one size
+    by_shape: dict[tuple, list[Path]] = {}
+    arrays: dict[Path, np.ndarray] = {}
+    for p in files:
+        a = read_gray(p)
+        arrays[p] = a
+        by_shape.setdefault(a.shape, []).append(p)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    done = 0
+    for shape, group in by_shape.items():
+        stack = np.stack([arrays[p] for p in group]).astype(np.float32)
+        bits = 16 if any(arrays[p].dtype == np.uint16 for p in group) else 8
+        images01 = to_unit_range(stack, is_hu=False, bits=bits)
+        masks = yield from predict_masks(lm, images01, batch_size, cancel, progress_of=(done, len(files)))
+        for p, m in zip(group, masks):
+            target = out / _mask_name(p.name)
+            atomic_write(target, lambda tmp, m=m: Image.fromarray((m * 255).astype(np.uint8)).save(tmp, format="PNG"))
+            written.append(target)
+        done += len(group)
+    return {"kind": "images", "out": str(out), "n_images": len(written),
+            "n_with_infection": int(sum(1 for p in written if _has_fg(p)))}
+
+
+def _has_fg(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return bool(np.asarray(im).any())
+
+
+def _predict_volume(lm, path: Path, out: Path, batch_size, cancel, series_uid=None):
+    study = open_study(path, series_uid=series_uid)
+    for w in study.warnings:
+        yield Message(w, "warning")
+    images01 = study.unit_range()          # as data.load_slice_set
+    masks = yield from predict_masks(lm, images01, batch_size, cancel)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / volume_mask_name(path)
+    write_mask_nifti(masks, study, target)
+    return {"kind": study.kind, "out": str(target), "n_slices": int(study.n_slices),
+            "slices_with_infection": int(masks.reshape(len(masks), -1).any(axis=1).sum()),
+            "infected_voxels": int(masks.sum())}
+
+
+def predict_job(run: str | Path, input_path: str | Path, out: str | Path, device: str = "auto",
+                batch_size: int | None = None, cancel: CancelToken | None = None, series_uid: str | None = None,
+                precision: str = "auto"):
+    """Generator job for `covidseg predict`: yields Progress/Message, ends with Done(summary dict)."""
+    input_path, out = Path(input_path), Path(out)
+    kind = detect_kind(input_path)
+    lm = load_run_model(run, device, precision)
+    yield Message(f"model of run {lm.run} (epoch {lm.epoch}) on {lm.device}")
+    started = time.monotonic()
+    if kind == "images":
+        summary = yield from _predict_image_folder(lm, input_path, out, batch_size, cancel)
+    else:
+        summary = yield from _predict_volume(lm, input_path, out, batch_size, cancel, series_uid)
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    summary["device"] = str(lm.device)
+    summary["precision"] = precision
+    log.info("prediction written to %s in %.1f s", summary["out"], summary["seconds"])
+    yield Done(summary)
+
+

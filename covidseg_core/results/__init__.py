@@ -1,0 +1,1 @@
+"""What comes out of a run: metrics, evaluation against ground truth, quantification, export."""

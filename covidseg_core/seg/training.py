@@ -1,0 +1,237 @@
+"""Stage 2: training (or resuming) the segmenter on per-slice targets, checkpointing every epoch into the run.
+
+Every epoch draws its shuffling, crops, augmentation and dropout from (seed, epoch), so a resumed run trains
+exactly like an uninterrupted one. The optimisation step itself is the shared train_step.TrainStep.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..constants import IGNORE
+from ..errors import TrainingError
+from ..events import CancelToken, EpochReport, Message, Progress
+from ..imaging.resize import resize_stack, working_shape
+from ..infer.device import autocast
+from ..models.segmenter import build_from_spec
+from ..runs import BEST, LAST, RunFolder
+from ..train_step import TrainStep
+from .losses import tversky_focal_loss
+
+
+class SegmenterOptions(Protocol):
+    """What the loop reads of its configuration (train_config.TrainConfig has it all)."""
+    seed: int
+    seg_epochs: int
+    batch_size: int
+    lr: float
+    crop: int | None
+    steps_per_epoch: int | None
+
+    def model_spec(self) -> dict: ...
+
+
+@dataclass
+class SegmenterData:
+    images: torch.Tensor        # (n, 1, h, w) float32 at the working size
+    targets: torch.Tensor       # (n, h, w) uint8 0/1/255 at the working size
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+def prepare_segmenter_data(images01: np.ndarray, targets: np.ndarray, train_idx, val_idx,
+                           size: int | None) -> SegmenterData:
+    n, h, w = images01.shape
+    work = working_shape(h, w, size)
+    x = resize_stack(torch.from_numpy(np.ascontiguousarray(images01, dtype=np.float32))[:, None], work)
+    t = resize_stack(torch.from_numpy(targets)[:, None].float(), work, mode="nearest")[:, 0].to(torch.uint8)
+    return SegmenterData(images=x.contiguous(), targets=t.contiguous(), train_idx=np.asarray(train_idx, int),
+                         val_idx=np.asarray(val_idx, int))
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """Everything random in an epoch follows (seed, epoch), so a resumed run trains like an uninterrupted one:
+    dropout inside the network (torch's global seed) and shuffling, crops and augmentation (the returned rng)."""
+    torch.manual_seed(seed * 100003 + epoch)
+    return np.random.default_rng([seed, epoch])
+
+
+def _jitter(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-right flips and a mild contrast/brightness jitter (labels unchanged by the latter)."""
+    flip = torch.from_numpy(rng.random(len(x)) < 0.5)
+    if flip.any():
+        x = x.clone()
+        y = y.clone()
+        x[flip] = x[flip].flip(-1)
+        y[flip] = y[flip].flip(-1)
+    gain = torch.from_numpy(rng.uniform(0.9, 1.1, len(x)).astype(np.float32)).view(-1, 1, 1, 1)
+    bias = torch.from_numpy(rng.uniform(-0.05, 0.05, len(x)).astype(np.float32)).view(-1, 1, 1, 1)
+    return (x * gain + bias).clamp(0, 1), y
+
+
+FOREGROUND_CROP_RATE = 0.5   # share of crops centred on a target infection pixel (when the slice has one)
+
+
+def _random_crop(x: torch.Tensor, y: torch.Tensor, crop: int | None, rng: np.random.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random crops of side `crop` (no-op when the slices are not larger). Half of the crops of a
+    slice with target infection are centred on one of its infection pixels: lesions cover a few percent of a
+    slice, and a crop without any teaches the net little (foreground oversampling, as in nnU-Net)."""
+    h, w = x.shape[-2:]
+    ch, cw = min(crop or h, h), min(crop or w, w)
+    if (ch, cw) == (h, w):
+        return x, y
+    ys = rng.integers(0, h - ch + 1, len(x))
+    xs = rng.integers(0, w - cw + 1, len(x))
+    centre_on_fg = rng.random(len(x)) < FOREGROUND_CROP_RATE
+    for i in np.flatnonzero(centre_on_fg):
+        fg = torch.nonzero(y[i] == 1)
+        if len(fg):
+            cy, cx = fg[int(rng.integers(len(fg)))].tolist()
+            ys[i] = min(max(cy - ch // 2, 0), h - ch)
+            xs[i] = min(max(cx - cw // 2, 0), w - cw)
+    xc = torch.stack([x[i, :, a:a + ch, b:b + cw] for i, (a, b) in enumerate(zip(ys, xs))])
+    yc = torch.stack([y[i, a:a + ch, b:b + cw] for i, (a, b) in enumerate(zip(ys, xs))])
+    return xc, yc
+
+
+def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> tuple[int, int, int]:
+    pred = logits[:, 0] > 0
+    keep = target != IGNORE
+    fg = target == 1
+    tp = int((pred & fg & keep).sum())
+    fp = int((pred & ~fg & keep).sum())
+    fn = int((~pred & fg & keep).sum())
+    return tp, fp, fn
+
+
+def evaluate_loss(model, data: SegmenterData, idx: np.ndarray, device, batch_size: int,
+                  cancel: CancelToken | None = None) -> tuple[float, float]:
+    """Mean loss and Dice (against the training targets, ignore pixels excluded) over `idx`, in eval mode."""
+    model.eval()
+    total, weight = 0.0, 0
+    tp = fp = fn = 0
+    with torch.inference_mode():
+        for s in range(0, len(idx), batch_size):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            b = idx[s:s + batch_size]
+            x = data.images[b].to(device)
+            y = data.targets[b].to(device)
+            with autocast(device):
+                logits = model(x)
+            total += float(tversky_focal_loss(logits.float(), y.long())) * len(b)
+            weight += len(b)
+            a, c, d = _batch_dice(logits.float(), y)
+            tp, fp, fn = tp + a, fp + c, fn + d
+    model.train()
+    denom = 2 * tp + fp + fn
+    return total / max(weight, 1), (2 * tp / denom if denom else 1.0)
+
+
+PRIOR_FOREGROUND = 0.05
+
+
+def init_head_prior(model: torch.nn.Module, prior: float = PRIOR_FOREGROUND) -> None:
+    """Start the logit head at a small foreground probability (the prior trick of the focal-loss paper): a head
+    that starts at p=0.5 everywhere spends its first epochs learning that infection is rare."""
+    head = getattr(model, "head", None)
+    if isinstance(head, torch.nn.Conv2d) and head.out_channels == 1 and head.bias is not None:
+        with torch.no_grad():
+            head.bias.fill_(float(np.log(prior / (1 - prior))))
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, crop: int | None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch's augmentation: random (foreground-biased) crops, then flips and intensity jitter."""
+    return _jitter(*_random_crop(x, y, crop, rng), rng)
+
+
+def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, device: torch.device,
+                    cancel: CancelToken | None = None):
+    """Generator: trains (or resumes) the segmenter, checkpointing every epoch; returns a summary dict."""
+    cancel = cancel or CancelToken()
+    torch.manual_seed(cfg.seed)
+    model = build_from_spec(cfg.model_spec())
+    init_head_prior(model)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step = TrainStep(model, optimizer, device, lambda logits, y: tversky_focal_loss(logits, y.long()),
+                     augment=lambda x, y, rng: augment(x, y, rng, cfg.crop), what="segmenter",
+                     hint="Lower the learning rate or check the images, then train again into a new folder.")
+    start_epoch, best_val, best_epoch = _resume(run, model, optimizer, step)
+    if start_epoch > 1 and start_epoch <= cfg.seg_epochs:
+        yield Message(f"resuming the segmenter from epoch {start_epoch - 1} of {cfg.seg_epochs}")
+    train_idx, val_idx = data.train_idx, data.val_idx
+    if len(train_idx) == 0:
+        raise TrainingError("No slice has a training mask (pseudo mask or pixel label).",
+                            "Label some slices infected or clean, then train again.")
+    bs = max(1, min(cfg.batch_size, len(train_idx)))
+    val_has_fg = bool(len(val_idx)) and bool((data.targets[torch.from_numpy(val_idx)] == 1).any())
+    if len(val_idx) and not val_has_fg and start_epoch == 1:
+        yield Message("no validation slice has infection in its training mask: the best checkpoint is chosen "
+                      "by training loss", "warning")
+    n_batches = (len(train_idx) + bs - 1) // bs
+    if cfg.steps_per_epoch:
+        n_batches = min(n_batches, cfg.steps_per_epoch)
+    model.train()
+    for epoch in range(start_epoch, cfg.seg_epochs + 1):
+        t0 = time.monotonic()
+        rng = _epoch_rng(cfg.seed, epoch)
+        order = train_idx[rng.permutation(len(train_idx))]
+        if cfg.steps_per_epoch:
+            order = order[: cfg.steps_per_epoch * bs]
+        running, seen = 0.0, 0
+        for bi, s in enumerate(range(0, len(order), bs)):
+            cancel.raise_if_cancelled()
+            b = order[s:s + bs]
+            running += step(data.images[b], data.targets[b], rng=rng, where=f"at epoch {epoch}") * len(b)
+            seen += len(b)
+            elapsed = time.monotonic() - t0
+            yield Progress("segmenter", bi + 1, n_batches, f"epoch {epoch}/{cfg.seg_epochs}",
+                           eta_s=elapsed / (bi + 1) * (n_batches - bi - 1))
+        train_loss = running / max(seen, 1)
+        if len(val_idx) and val_has_fg:
+            val_loss, val_dice = evaluate_loss(model, data, val_idx, device, bs * 2, cancel)
+        else:   # too few slices held out, or none with a lesion to find: choose by training loss
+            val_loss, val_dice = train_loss, float("nan")
+        if val_loss < best_val:
+            best_val, best_epoch = val_loss, epoch
+        _checkpoint(run, cfg, model, optimizer, step, epoch, val_loss, best_val, best_epoch)
+        seconds = time.monotonic() - t0
+        run.append_epoch({"stage": "segmenter", "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                          "val_dice_vs_targets": val_dice, "best_epoch": best_epoch, "seconds": round(seconds, 3)})
+        yield EpochReport("segmenter", epoch, cfg.seg_epochs, losses={"train": train_loss, "val": val_loss},
+                          metrics={"val_dice_vs_targets": val_dice}, seconds=seconds)
+    return {"epochs": cfg.seg_epochs, "best_epoch": best_epoch, "best_val_loss": best_val,
+            "n_train": int(len(train_idx)), "n_val": int(len(val_idx))}
+
+
+def _resume(run: RunFolder, model, optimizer, step: TrainStep) -> tuple[int, float, int]:
+    """(first epoch to train, best validation loss so far, its epoch): from RUN's last checkpoint if any."""
+    if not run.checkpoint_path(LAST).is_file():
+        return 1, float("inf"), 0
+    state = run.load_checkpoint(LAST)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    step.load_state_dict(state.get("scaler"))
+    start_epoch = int(state["epoch"]) + 1
+    run.drop_epochs_after("segmenter", start_epoch - 1)
+    return start_epoch, float(state["best_val"]), int(state["best_epoch"])
+
+
+def _checkpoint(run: RunFolder, cfg: SegmenterOptions, model, optimizer, step: TrainStep, epoch: int,
+                val_loss: float, best_val: float, best_epoch: int) -> None:
+    spec = cfg.model_spec()
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if best_epoch == epoch:    # best first: if we die between the two writes, resuming redoes this epoch identically
+        run.save_checkpoint({"model": weights, "epoch": epoch, "val_loss": val_loss, "spec": spec}, BEST)
+    last = {"model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch, "best_val": best_val,
+            "best_epoch": best_epoch, "spec": spec}
+    if step.scales_gradients:
+        last["scaler"] = step.state_dict()
+    run.save_checkpoint(last, LAST)

@@ -1,0 +1,1 @@
+"""Stage 1, weak supervision: slice labels -> CAM classifier -> fused CAMs -> pseudo masks. Never imports seg/."""

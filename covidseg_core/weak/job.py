@@ -1,0 +1,165 @@
+"""Stage 1 as a job: slice labels -> CAM classifier -> fused CAMs -> pseudo masks, written to a run folder.
+
+What it writes (paths owned by runs.RunFolder): RUN/config.json only when RUN is new (a `covidseg train` run
+already has one); RUN/stage1_config.json; RUN/epochs.jsonl, one line per classifier epoch (when this job made
+RUN, or when asked to: `train` does); RUN/classifier.pt after the last epoch; RUN/cams/, RUN/lungs/ and
+RUN/pseudo/ per slice (pseudo: 0 background, 255 infection, 127 ignore; clean slices all background);
+RUN/metrics.json with status "complete", counts, classifier accuracy/AUC and (when ground truth exists)
+pseudo-mask agreement, or status "failed"/"cancelled" with the reason.
+
+`size`: slices are processed with their longer side resized to `size` (aspect kept; None = native size, as
+in stage 2); CAMs, lung fields and pseudo masks are computed at that size and written at the slice's own size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, InputError, TrainingError
+from ..events import CancelToken, Done, EpochReport, Message, Progress, relay
+from ..imaging.lungs import lung_field, lung_saliency
+from ..imaging.resize import to_shape, to_working_size, upsample_maps
+from ..infer.device import resolve_device
+from ..results.metrics import summarize
+from ..runs import METRICS_NAME, STAGE1_CONFIG_NAME, RunFolder, slice_png_name
+from .cam import check_fusion
+from .classifier_training import train_classifier
+from .config import Stage1Config, check_inputs
+from .pseudo_masks import clean_pseudo_mask, make_pseudo_mask, to_png_values
+
+log = logging.getLogger(__name__)
+
+
+def _pick_previews(config: Stage1Config, ids: list[str], infected_idx: np.ndarray) -> list[int]:
+    pos = {sid: i for i, sid in enumerate(ids)}
+    if config.preview_ids:
+        unknown = [p for p in config.preview_ids if p not in pos]
+        if unknown:
+            raise InputError(f"Preview slices not in the data: {unknown[:3]}.")
+        return [pos[p] for p in config.preview_ids]
+    k = min(config.n_preview, len(infected_idx))
+    if k == 0:
+        return []
+    return [int(infected_idx[j]) for j in np.linspace(0, len(infected_idx) - 1, k).round().astype(int)]
+
+
+def _start_run(run: RunFolder, config: Stage1Config, slices, device: torch.device) -> bool:
+    """Write the stage-1 config; create RUN/config.json when RUN is new. True when this job owns the run."""
+    owns = not run.exists()
+    if owns:
+        run.create({"stage": "pseudo", **config.to_dict()},
+                   {"n_slices": len(slices), "shape": list(slices.images.shape[1:]), "labels": slices.counts()},
+                   str(device))
+    run.write_json(STAGE1_CONFIG_NAME, {"device": str(device), **config.to_dict()})
+    if owns:
+        run.forget_epochs()
+    return owns
+
+
+def run_stage1(slices, out_dir: Path, config: Stage1Config, cancel: CancelToken | None = None,
+               log_epochs: bool | None = None):
+    """Generator job: yields Message / Progress / EpochReport and ends with Done(result=metrics dict).
+
+    `log_epochs`: write the classifier's epochs to RUN/epochs.jsonl (default: when this job creates RUN).
+    Raises LabelError (too few labels), InputError (unusable images or options), TrainingError (NaN loss) and
+    Cancelled; in those cases RUN/metrics.json says status "failed" or "cancelled" and why.
+    """
+    config = dataclasses.replace(config, fusion=check_fusion(config.fusion))
+    cancel = cancel or CancelToken()
+    run = RunFolder(out_dir)
+    check_inputs(slices, config)
+    device = resolve_device(config.device)
+    started = time.monotonic()
+    owns = _start_run(run, config, slices, device)
+    try:
+        result = yield from _run(slices, run, config, cancel, device, owns if log_epochs is None else log_epochs,
+                                 started)
+    except Cancelled as exc:
+        run.write_json(METRICS_NAME, {"status": "cancelled", "reason": str(exc)}, check_intact=False)
+        raise
+    except (TrainingError, InputError) as exc:
+        run.write_json(METRICS_NAME, {"status": "failed", "reason": str(exc), "error": type(exc).__name__},
+                       check_intact=False)
+        raise
+    run.write_json(METRICS_NAME, result, check_intact=False)
+    yield Done(result=result)
+
+
+def _run(slices, run: RunFolder, config: Stage1Config, cancel: CancelToken, device: torch.device,
+         log_epochs: bool, started: float):
+    yield Message(f"stage 1 on {device}: {slices.counts()}")
+    work = to_working_size(slices.images, config.size)
+    infected_idx = slices.indices("infected")
+    previews = _pick_previews(config, slices.ids, infected_idx)
+
+    def log_epoch(event) -> None:
+        if isinstance(event, EpochReport) and log_epochs:
+            run.append_epoch_report(event)
+    model, bank, history = yield from relay(
+        train_classifier(work, slices.labels, config, device, cancel, track_idx=infected_idx,
+                         preview_idx=previews, ids=slices.ids, out_shape=tuple(slices.images.shape[1:])),
+        log_epoch)
+    run.save_classifier({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                         "spec": model.spec, "size": config.size, "epoch": int(config.cls_epochs)})
+    counts = yield from _write_pseudo_masks(slices, run, config, work, bank.fused(config.fusion), cancel)
+    last = history[-1] if history else {}
+    return {"status": "complete", "device": str(device), "fusion": config.fusion,
+            "seconds": round(time.monotonic() - started, 2),
+            "counts": {**slices.counts(), "pseudo_masks": counts["pseudo_masks"],
+                       "fused_slices": int((bank.count > 0).sum()),
+                       "foreground_pixels": counts["foreground_pixels"], "ignore_pixels": counts["ignore_pixels"]},
+            "classifier": {"train_accuracy": last.get("accuracy"), "train_auc": last.get("auc"),
+                           "epochs": int(config.cls_epochs)},
+            "ground_truth_report": pseudo_report(slices, counts["masks"])}
+
+
+def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.ndarray, fused: np.ndarray,
+                        cancel: CancelToken):
+    """Generator: the pseudo mask of every labelled slice (and the CAM and lung field of the infected ones),
+    computed at the working size and written at the slice's own size. Returns counts and the masks."""
+    native = tuple(slices.images.shape[1:])
+    work_shape = tuple(work.shape[1:])
+    infected_idx = slices.indices("infected")
+    masks = {}
+    n_fg = n_ignore = 0
+    todo = list(infected_idx) + list(slices.indices("clean"))
+    for step, i in enumerate(todo):
+        if step % 16 == 0:
+            cancel.raise_if_cancelled()
+            yield Progress("pseudo", step, len(todo))
+        name = slice_png_name(slices.ids[i])
+        if slices.labels[i] == "infected":
+            k = int(np.searchsorted(infected_idx, i))
+            cam = upsample_maps(fused[k], work_shape)
+            lung = lung_field(work[i])
+            mask = make_pseudo_mask(work[i], cam, lung, config, saliency=lung_saliency(work[i], lung))
+            run.write_png(run.cams_dir / name, np.round(to_shape(cam, native, nearest=False) * 255).astype(np.uint8))
+            if config.write_lungs:
+                run.write_png(run.lungs_dir / name, to_shape(lung.astype(np.uint8), native, True) * 255)
+        else:
+            mask = clean_pseudo_mask(work_shape)
+        mask = to_shape(mask, native, nearest=True)
+        n_fg += int((mask == 1).sum())
+        n_ignore += int((mask == 255).sum())
+        masks[i] = mask
+        run.write_png(run.pseudo_dir / name, to_png_values(mask))
+    yield Progress("pseudo", len(todo), len(todo))
+    return {"pseudo_masks": len(todo), "foreground_pixels": n_fg, "ignore_pixels": n_ignore, "masks": masks}
+
+
+def pseudo_report(slices, pseudo: dict[int, np.ndarray]) -> dict | None:
+    """Reporting only: agreement of the pseudo masks' foreground with ground truth, over infected slices."""
+    if slices.gt_masks is None:
+        return None
+    has = slices.has_gt if slices.has_gt is not None else np.ones(len(slices), bool)
+    idx = [i for i in pseudo if has[i] and slices.labels[i] == "infected"]
+    if not idx:
+        return None
+    report = summarize([pseudo[i] == 1 for i in idx], [slices.gt_masks[i] > 0 for i in idx])
+    report["note"] = "pseudo-mask foreground vs ground truth on infected slices; ignore counts as not infection"
+    return report
