@@ -5,7 +5,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtGui import QImage, QPixmap
 
-from .slice_view import resize_nearest
+from covidseg_core.imaging.resize import resize_nearest, working_shape
 
 _LUT: np.ndarray | None = None
 
@@ -17,16 +17,10 @@ def heat_lut() -> np.ndarray:
     return _LUT
 
 
-def thumb_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
-    h, w = shape
-    s = size / max(h, w)
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
 def blend_heat(gray01: np.ndarray | None, heat01: np.ndarray, size: int = 112, alpha: float = 0.65) -> np.ndarray:
     """A thumbnail (h, w, 3) uint8: the slice in grey with an attention map blended on top."""
     ref = gray01 if gray01 is not None else heat01
-    shape = thumb_shape(ref.shape, size)
+    shape = working_shape(*ref.shape[:2], size)
     heat = np.clip(np.nan_to_num(resize_nearest(np.asarray(heat01, np.float32), shape)), 0, 1)
     color = heat_lut()[(heat * 255).astype(np.uint8)].astype(np.float32)
     if gray01 is None:

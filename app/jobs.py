@@ -154,6 +154,7 @@ class JobRunner(QObject):
         self._cancel: CancelToken | None = None
         self._name = ""
         self._on_done: Callable[[Any], None] | None = None
+        self._when_failed: Callable[[BaseException], None] | None = None
         self._outcome: tuple[str, Any] = ("failed", None)
 
     @property
@@ -164,9 +165,11 @@ class JobRunner(QObject):
     def job_name(self) -> str:
         return self._name if self.busy else ""
 
-    def start(self, name: str, make_job: JobFactory, on_done: Callable[[Any], None] | None = None) -> None:
+    def start(self, name: str, make_job: JobFactory, on_done: Callable[[Any], None] | None = None,
+              on_failed: Callable[[BaseException], None] | None = None) -> None:
         """Run `make_job(cancel)` on a worker thread. `on_done(result)` runs on the GUI thread on success, after
-        the job thread has ended (so it may start the next job).
+        the job thread has ended (so it may start the next job); `on_failed(exc)` when it failed (not when it
+        was cancelled), before the `failed` signal.
 
         Raises JobBusy when a job runs already.
         """
@@ -175,6 +178,7 @@ class JobRunner(QObject):
                           "Wait for it to finish or cancel it, then try again.")
         self._name = name
         self._on_done = on_done
+        self._when_failed = on_failed
         if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         # Python's cyclic garbage collector stops every thread while it scans; with the window's many Qt/pyqtgraph
@@ -234,12 +238,12 @@ class JobRunner(QObject):
 
     @Slot()
     def _on_thread_finished(self) -> None:
-        name, on_done = self._name, self._on_done
+        name, on_done, on_failed = self._name, self._on_done, self._when_failed
         outcome, value = self._outcome
         thread, worker = self._thread, self._worker
         self._thread = self._worker = None
         self._cancel = None
-        self._on_done = None
+        self._on_done = self._when_failed = None
         if worker is not None:
             worker.deleteLater()
         if thread is not None:
@@ -258,6 +262,8 @@ class JobRunner(QObject):
         elif outcome == "cancelled":
             self.cancelled.emit(name)
         else:
+            if on_failed is not None:
+                on_failed(value)
             self.failed.emit(name, value)
         self.finished.emit(name, outcome)
 
@@ -265,6 +271,7 @@ class JobRunner(QObject):
 class _LightTask(QObject):
     """Result relay of run_light (lives in the GUI thread)."""
     done = Signal(object)
+    failed = Signal(object)
 
 
 class _LightRunnable(QRunnable):
@@ -274,21 +281,26 @@ class _LightRunnable(QRunnable):
 
     def run(self) -> None:
         try:
-            value = self._fn()
-        except Exception as exc:  # a probe that fails must not take the app down; it is logged and shown as text
-            log.exception("background task failed")
-            value = f"({type(exc).__name__}: {exc})"
-        try:
+            try:
+                value = self._fn()
+            except Exception as exc:  # a probe that fails must not take the app down: logged, handed to on_error
+                log.exception("background task failed")
+                self._relay.failed.emit(exc)
+                return
             self._relay.done.emit(value)
         except RuntimeError:      # the window that asked was closed meanwhile: nobody wants the answer
             log.debug("background task finished after its window closed")
 
 
-def run_light(fn: Callable[[], Any], on_result: Callable[[Any], None], parent: QObject) -> None:
+def run_light(fn: Callable[[], Any], on_result: Callable[[Any], None], parent: QObject,
+              on_error: Callable[[BaseException], None] | None = None) -> None:
     """Run a short task that needs no GPU and no cancel (e.g. importing torch to see which device there is)
-    on the thread pool, and hand its result to `on_result` on the GUI thread. Not for training or I/O jobs.
-    `parent` owns the relay: when it is deleted first, the result is dropped."""
+    on the thread pool, and hand its result to `on_result` (or its exception to `on_error`) on the GUI thread.
+    Not for training or I/O jobs. `parent` owns the relay: when it is deleted first, the result is dropped."""
     relay = _LightTask(parent)
     relay.done.connect(on_result)
+    if on_error is not None:
+        relay.failed.connect(on_error)
     relay.done.connect(relay.deleteLater)
+    relay.failed.connect(relay.deleteLater)
     QThreadPool.globalInstance().start(_LightRunnable(fn, relay))

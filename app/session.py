@@ -1,6 +1,7 @@
 """What is open: the project, one study of it, and what the runs made for that study (prediction, pseudo masks,
-attention maps, quantification). The panels show it; they change it only through these methods, which go through
-the Project (every label and correction is saved by the core before the call returns).
+attention maps, lung fields, quantification). This is where the app's state lives. The panels show it; they
+change it only through these methods, which go through the Project (every label and correction is saved by the
+core before the call returns).
 
 The Project calls its subscribers in whichever thread made a change (a job may add a run); the callback only emits
 a signal, which Qt delivers on the GUI thread.
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal, Slot
 
+from covidseg_core.constants import LABELS
 from covidseg_core.errors import CovidSegError
-from covidseg_core.project import Project
+from covidseg_core.project.api import Project
 from covidseg_core.study import Study
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class Session(QObject):
         self.pseudo: dict[str, np.ndarray] = {}            # slice id -> 0/127/255 pseudo mask
         self.attention: dict[str, AttentionHistory] = {}   # slice id -> maps reported during training
         self.quantification: dict | None = None
+        self.lungs: np.ndarray | None = None                # lung fields of the study, once measured
         self._unsubscribe = None
         self._correction_cache: dict[str, np.ndarray | None] = {}
         self._project_event.connect(self._on_project_event)
@@ -103,6 +106,7 @@ class Session(QObject):
         self.pseudo = {}
         self.attention = {}
         self.quantification = None
+        self.lungs = None
         self._correction_cache = {}
         self.study_changed.emit()
 
@@ -125,7 +129,7 @@ class Session(QObject):
         for key, row in rows.items():
             label = row.get("label") if isinstance(row, dict) else row
             sid = key if key in known else index_of.get(key)
-            if sid is not None and label in ("infected", "clean"):
+            if sid is not None and label in LABELS:
                 labels[sid] = label
         if labels:
             self.project.set_labels(self.source_id, labels)
@@ -196,16 +200,9 @@ class Session(QObject):
             return corr
         return None if self.prediction is None else self.prediction[index]
 
-    def mask_volume(self, corrected: bool = True) -> np.ndarray | None:
-        """The (z, y, x) mask to export: the prediction, with the user's corrections replacing their slices."""
-        if self.prediction is None and not (corrected and self.corrected_indices()):
-            return None
-        shape = self.study.array.shape
-        vol = np.zeros(shape, np.uint8) if self.prediction is None else (self.prediction > 0).astype(np.uint8)
-        if corrected:
-            for i in self.corrected_indices():
-                vol[i] = self.correction(i)
-        return vol
+    def has_mask(self) -> bool:
+        """Something to measure or export: a prediction, or at least one correction."""
+        return self.prediction is not None or bool(self.corrected_indices())
 
     # --- results of runs -----------------------------------------------------------------------------------
     def set_prediction(self, mask_zyx: np.ndarray | None, run: str | None = None) -> None:
@@ -221,8 +218,10 @@ class Session(QObject):
         self.pseudo = dict(pseudo)
         self.results_changed.emit()
 
-    def set_quantification(self, result: dict | None) -> None:
+    def set_quantification(self, result: dict | None, lungs: np.ndarray | None = None) -> None:
         self.quantification = result
+        if lungs is not None:
+            self.lungs = lungs
         self.results_changed.emit()
 
     def clear_attention(self) -> None:

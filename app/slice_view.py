@@ -16,7 +16,8 @@ from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QTransform
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QStackedWidget, QVBoxLayout, QWidget
 
-from covidseg_core.preprocess import BONE_WINDOW, LUNG_WINDOW, MEDIASTINUM_WINDOW
+from covidseg_core.imaging.resize import resize_nearest
+from covidseg_core.imaging.windowing import BONE_WINDOW, LUNG_WINDOW, MEDIASTINUM_WINDOW, apply_window
 
 WINDOW_PRESETS = {"lung": LUNG_WINDOW, "mediastinum": MEDIASTINUM_WINDOW, "bone": BONE_WINDOW}
 INTENSITY_WINDOW = (255.0, 127.5)      # 8-bit images are already windowed: show them as they are
@@ -68,16 +69,6 @@ def heat_rgba(heat: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out[..., :3] = lut[idx]
     out[..., 3] = np.clip(h * 1.6 * 255, 0, 255).astype(np.uint8)
     return out
-
-
-def resize_nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bring a map made at the network's size back to the slice's size (display only)."""
-    a = np.asarray(a)
-    if a.shape[:2] == tuple(shape):
-        return a
-    ys = (np.arange(shape[0]) * a.shape[0] / shape[0]).astype(int)
-    xs = (np.arange(shape[1]) * a.shape[1] / shape[1]).astype(int)
-    return a[ys][:, xs]
 
 
 class _SliceViewBox(pg.ViewBox):
@@ -297,6 +288,10 @@ class SliceView(QWidget):
     @property
     def window(self) -> tuple[float, float]:
         return self._window
+
+    def gray(self, index: int) -> np.ndarray:
+        """Slice `index` in [0, 1] through the current window (what the eye sees; thumbnails use it)."""
+        return apply_window(self._volume[index], *self.window)
 
     def set_window(self, width: float, level: float) -> None:
         self._window = (max(float(width), 1.0), float(level))

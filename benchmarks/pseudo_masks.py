@@ -34,7 +34,6 @@ from covidseg_core.events import EpochReport, drive  # noqa: E402
 from covidseg_core.imaging.resize import upsample_maps  # noqa: E402
 from covidseg_core.imaging.lungs import density_prior, lung_field, lung_saliency  # noqa: E402
 from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
-from covidseg_core.weak.cam import FusionBank  # noqa: E402
 from covidseg_core.weak.classifier_training import compute_cams, train_classifier  # noqa: E402
 from covidseg_core.weak.config import Stage1Config  # noqa: E402
 from covidseg_core.weak.pseudo_masks import relative_cam  # noqa: E402

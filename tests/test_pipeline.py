@@ -22,7 +22,7 @@ from covidseg_core import cli
 from covidseg_core.demo import write_demo
 from covidseg_core.errors import Cancelled, InputError, RunError
 from covidseg_core.results.evaluate import evaluate_folders
-from covidseg_core.events import CancelToken, Done, EpochReport, Message, drive
+from covidseg_core.events import CancelToken, EpochReport, Message, drive
 from covidseg_core.infer.predict import predict_job
 from covidseg_core.pipeline import train_job
 from covidseg_core.results.metrics import summarize

@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 
 from covidseg_core.demo import make_demo_volume

@@ -5,22 +5,13 @@ from __future__ import annotations
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout,
                                QWidget)
 
-_DEFAULTS: dict | None = None
+from covidseg_core.train_config import FAST_PRESET      # plain data: no torch on the GUI thread
 
 
 def defaults() -> dict:
     """What the app trains with when the project has no setting yet: the core's fast preset (one study, a
     laptop CPU: about a minute on the demo), average fusion as in the paper."""
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        from .jobs import warm_up_torch
-
-        preset = {"size": 128, "cls_epochs": 12, "seg_epochs": 12}
-        if warm_up_torch():          # the core's training module imports torch (never in two threads at once)
-            from covidseg_core.training import FAST_PRESET
-            preset = dict(FAST_PRESET)
-        _DEFAULTS = {"fusion": "avg", "device": "auto", "seed": 0, **preset}
-    return dict(_DEFAULTS)
+    return {"fusion": "avg", "device": "auto", "seed": 0, **FAST_PRESET}
 
 
 FUSION_TEXT = {"avg": "average (the paper's choice)", "max": "maximum (OAA)", "none": "none (plain CAM of the last "

@@ -7,8 +7,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout,
                                QWidget)
 
-from .image_utils import blend_heat, rgb_to_pixmap
-from .session import AttentionHistory
+from ..image_utils import blend_heat, rgb_to_pixmap
+from ..session import AttentionHistory
 
 THUMB = 112
 

@@ -1,5 +1,5 @@
 """Infected volume (mL) and share of the lung volume (%), for the study and the current slice, as the core's
-covidseg_core.quantify computed them."""
+covidseg_core.results.quantify computed them."""
 from __future__ import annotations
 
 from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget

@@ -55,7 +55,7 @@ def test_dicom_folder_with_two_series_uses_the_chooser(qtbot, window, tmp_path):
     folder = tmp_path / "dicom"
     write_synthetic_series(folder, 6, series_uid="1.2.3.1", shape=(16, 16), prefix="a", description="lung")
     write_synthetic_series(folder, 3, series_uid="1.2.3.2", shape=(16, 16), prefix="b", description="short")
-    from app.open_dialogs import SeriesChooser
+    from app.dialogs.open_dialogs import SeriesChooser
     from covidseg_core.io.dicom import list_series
     chooser = SeriesChooser(folder, list_series(folder))
     assert chooser.list.count() == 2
@@ -67,7 +67,7 @@ def test_dicom_folder_with_two_series_uses_the_chooser(qtbot, window, tmp_path):
 
 
 def test_settings_dialog_saves_into_the_project(qtbot, demo_window):
-    from app.settings_dialog import SettingsDialog
+    from app.dialogs.settings_dialog import SettingsDialog
     w = demo_window
     dlg = SettingsDialog(w.session.project.settings, w)
     dlg.fusion.setCurrentIndex(dlg.fusion.findData("max"))
@@ -75,7 +75,7 @@ def test_settings_dialog_saves_into_the_project(qtbot, demo_window):
     w.session.project.update_settings(**dlg.values())
     assert w.session.project.settings["fusion"] == "max"
     assert w.training_settings()["cls_epochs"] == 5
-    from app.pipeline import train_config
+    from app.tasks import train_config
     cfg = train_config(w.training_settings())
     assert cfg.fusion == "max" and cfg.cls_epochs == 5
 

@@ -1,13 +1,13 @@
 """The window's reaction to a training job: epoch maps reach the attention strip, loss curves grow, overlays
 appear when it is done, Cancel works, and the window stays responsive. The job here is a test double of the
-core's train job (pipeline.train_job is replaced); test_training_real.py runs the real one."""
+core's train job (tasks.train_job is replaced); test_training_real.py runs the real one."""
 import time
 
 import numpy as np
 import pytest
 from covidseg_core.events import Done, EpochReport, Progress
 
-from app import pipeline
+from app import tasks
 from gui_helpers import max_gap_while, wait_idle, wait_started_up
 
 
@@ -40,7 +40,7 @@ def fake_train_job(study, epochs=4, step_s=0.03, steps_per_epoch=5, seg_epochs=2
         pred = np.zeros(study.array.shape, np.uint8)
         pred[:, shape[0] // 3: shape[0] // 2, shape[1] // 4: shape[1] // 3] = 1
         pseudo = {sid: np.full(shape, 127, np.uint8) for sid in chosen}
-        yield Done({"run": None, "prediction": pred, "pseudo": pseudo})
+        yield Done(tasks.PipelineResult(run=None, prediction=pred, pseudo=pseudo))
     return job
 
 
@@ -52,7 +52,7 @@ def fake_training(monkeypatch):
         calls.append(settings)
         return fake_train_job(study, **calls_kwargs)
     calls_kwargs = {}
-    monkeypatch.setattr(pipeline, "train_job", train_job)
+    monkeypatch.setattr(tasks, "train_job", train_job)
     return calls, calls_kwargs
 
 

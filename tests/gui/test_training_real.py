@@ -1,4 +1,4 @@
-"""The real pipeline (covidseg_core.training) run from the window with the smallest settings: per-epoch maps
+"""The real pipeline (covidseg_core.pipeline) run from the window with the smallest settings: per-epoch maps
 reach the attention strip, the prediction overlay appears, the run is recorded, Cancel leaves a cancelled run,
 and the event loop keeps ticking while it trains."""
 import pytest

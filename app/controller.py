@@ -1,0 +1,231 @@
+"""The app's flows: open a study or project, load a study, train, predict, measure, export. Each flow picks the
+job (tasks.py), runs it through the JobRunner (jobs.py, where threads start) and, on the GUI thread, puts its
+typed result (tasks.StudyLoaded, PipelineResult, Quantified, Exported) into the Session (session.py, where the
+state lives). The window (main_window.py) only wires widgets to this and to the session.
+
+What the controller needs from the window (questions, errors, status lines) is the small `WindowPort`, so the
+flows run against any object that has those four methods.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from covidseg_core.errors import CovidSegError, ProjectError
+from covidseg_core.project.api import Project
+from covidseg_core.project.store import PROJECT_FILE
+
+from . import tasks
+from .dialogs.open_dialogs import user_data_dir
+from .jobs import JobBusy, JobRunner
+from .prefs import Prefs
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+
+class WindowPort(Protocol):
+    def ask_series(self, folder: Path, series: list) -> str | None: ...        # None: the user cancelled
+    def ask_project_folder(self, study_path: Path) -> Path | None: ...         # None: the user cancelled
+    def show_error(self, exc: BaseException) -> None: ...
+    def show_status(self, text: str, ms: int = 10000) -> None: ...
+
+
+class Controller(QObject):
+    study_loaded = Signal(object)        # tasks.StudyLoaded, once the session shows the study
+    training_started = Signal()
+    exported = Signal(object)            # tasks.Exported
+    export_failed = Signal(str)
+
+    def __init__(self, session: Session, jobs: JobRunner, prefs: Prefs, window: WindowPort,
+                 parent: QObject | None = None):
+        super().__init__(parent)
+        self.session, self.jobs, self.prefs, self.window = session, jobs, prefs, window
+        self._deferred: list[tuple[object, Callable[[], None]]] = []
+        session.study_changed.connect(self._deferred.clear)     # updates queued for the previous study
+
+    def run_job(self, name: str, make_job, on_done=None, on_failed=None) -> bool:
+        try:
+            self.jobs.start(name, make_job, on_done, on_failed)
+            return True
+        except JobBusy as exc:
+            self.window.show_error(exc)
+            return False
+
+    # --- GUI updates in their own event-loop turns ---------------------------------------------------------------
+    def later(self, key, fn: Callable[[], None]) -> None:
+        """Queue a GUI update to run in its own event-loop turn, in order: each repaints something, and no single
+        turn may keep the GUI thread (which shares the CPU with training) busy for long."""
+        self._deferred.append((key, fn))
+        if len(self._deferred) == 1:
+            QTimer.singleShot(0, self._run_deferred)
+
+    def _run_deferred(self) -> None:
+        if not self._deferred:
+            return
+        _key, fn = self._deferred.pop(0)
+        try:
+            fn()
+        finally:
+            if self._deferred:
+                QTimer.singleShot(0, self._run_deferred)
+
+    def flush_deferred(self) -> None:
+        """Run the queued GUI updates now (a job's end, tests)."""
+        while self._deferred:
+            self._run_deferred()
+
+    # --- opening -----------------------------------------------------------------------------------------------
+    def open_path(self, path: str | Path, project_folder: str | Path | None = None,
+                  series_uid: str | None = None) -> None:
+        """Open a project folder, or a study (with its project, made next to it or where the user says)."""
+        path = Path(path).expanduser().absolute()
+        try:
+            if (path / PROJECT_FILE).is_file():
+                self.open_project(path)
+                return
+            from covidseg_core.io.loader import detect_kind
+
+            kind = detect_kind(path)
+        except CovidSegError as exc:
+            self.window.show_error(exc)
+            return
+        if kind == "dicom-file":
+            path, kind = path.parent, "dicom"
+        if kind == "dicom" and series_uid is None:     # which series: the headers are read on the job thread
+            self.run_job("Reading the DICOM folder", tasks.list_series_job(path),
+                         lambda series: self._series_listed(path, series, project_folder))
+            return
+        self._open_study(path, kind, series_uid, project_folder)
+
+    def _series_listed(self, folder: Path, series: list, project_folder) -> None:
+        uid = None
+        if len(series) > 1:
+            uid = self.window.ask_series(folder, series)
+            if uid is None:
+                return
+        self._open_study(folder, "dicom", uid, project_folder)
+
+    def _open_study(self, path: Path, kind: str, series_uid: str | None, project_folder) -> None:
+        if project_folder is None:
+            project_folder = self.window.ask_project_folder(path)
+            if project_folder is None:
+                return
+        try:
+            folder = Path(project_folder)
+            project = Project.open(folder) if (folder / PROJECT_FILE).is_file() else Project.create(folder)
+            source_id = project.add_source(path, kind, series_uid)
+        except CovidSegError as exc:
+            self.window.show_error(exc)
+            return
+        self.session.set_project(project)
+        self.prefs.add_recent_project(project.folder)
+        self.load_source(source_id)
+
+    def open_project(self, folder: Path) -> None:
+        project = Project.open(folder)
+        self.session.set_project(project)
+        self.prefs.add_recent_project(project.folder)
+        for w in project.warnings:
+            self.window.show_status(w)
+        sources = project.sources
+        if not sources:
+            self.window.show_status("This project has no study yet: open one with File > Open study.")
+            return
+        self.load_source(sources[-1]["id"])
+
+    def load_source(self, source_id: str) -> None:
+        def loaded(result: tasks.StudyLoaded) -> None:
+            s = self.session
+            s.set_study(source_id, result.study)
+            n = s.import_study_labels()
+            if n:
+                self.window.show_status(f"{n} slice labels taken from the study's labels.csv.", 8000)
+            self.study_loaded.emit(result)
+            if result.prediction is not None:
+                s.set_prediction(result.prediction, result.run)
+                self.start_quantify()
+
+        self.run_job("Reading the study", tasks.load_study_job(self.session.project, source_id), loaded)
+
+    def open_demo(self) -> None:
+        """Write the demo study into the user's data folder (once) and open it with its project."""
+        base = user_data_dir() / "demo"
+        volume = base / "study" / "volume" / "ct.nii.gz"
+        project = base / "project"
+        if volume.is_file():
+            self.open_path(volume, project_folder=project)
+            return
+        self.run_job("Writing the demo study", tasks.write_demo_job(base / "study"),
+                     lambda _info: self.open_path(volume, project_folder=project))
+
+    # --- measuring -----------------------------------------------------------------------------------------------
+    def start_quantify(self) -> None:
+        """The volumes of the mask shown (prediction with corrections), when there is one and no job runs."""
+        s = self.session
+        if not s.has_study or not s.has_mask() or self.jobs.busy:
+            return
+        self.run_job("Measuring volumes",
+                     tasks.quantify_job(s.project, s.source_id, s.study, s.prediction, s.lungs),
+                     lambda q: s.set_quantification(q.result, q.lungs))
+
+    # --- training and prediction -------------------------------------------------------------------------------
+    def last_run_path(self) -> Path | None:
+        return tasks.last_usable_run(self.session.project) if self.session.project else None
+
+    def start_training(self, settings: dict) -> None:
+        s = self.session
+        if not s.has_study:
+            self.window.show_error(ProjectError("No study is open.",
+                                                "Open a study (or Help > Open demo study) first."))
+            return
+        try:
+            make_job = tasks.train_job(s.project, s.source_id, s.study, settings, s.lungs)
+        except CovidSegError as exc:
+            self.window.show_error(exc)
+            return
+        s.clear_attention()
+        self.training_started.emit()
+        self.run_job("Training", make_job, self._show_pipeline_result)
+
+    def start_prediction(self, settings: dict) -> None:
+        s = self.session
+        run = self.last_run_path()
+        if not s.has_study or run is None:
+            self.window.show_error(ProjectError("There is no finished run to predict with.", "Press Train first."))
+            return
+        self.run_job("Predicting", tasks.predict_job(run, s.project, s.source_id, s.study,
+                                                     settings.get("device", "auto"), s.lungs),
+                     self._show_pipeline_result)
+
+    def _show_pipeline_result(self, result: tasks.PipelineResult) -> None:
+        """A train or predict job finished: show its prediction, pseudo masks and volumes (after the epoch
+        updates still queued, one part per event-loop turn)."""
+        s = self.session
+        if result.pseudo:
+            self.later(("pseudo",), lambda: s.set_pseudo(result.pseudo))
+        if result.fused:
+            self.later(("fused",), lambda: s.set_fused_maps(result.fused))
+        if result.prediction is not None:
+            self.later(("prediction",), lambda: s.set_prediction(result.prediction, result.run))
+        if result.quantification is not None:
+            q = result.quantification
+            self.later(("quant",), lambda: s.set_quantification(q.result, q.lungs))
+        self.later(("runs",), s.runs_changed.emit)
+
+    # --- export ----------------------------------------------------------------------------------------------------
+    def export(self, which: str, path: str | Path) -> None:
+        s = self.session
+
+        def done(result: tasks.Exported) -> None:
+            if result.quantification is not None:
+                s.set_quantification(result.quantification)
+            self.exported.emit(result)
+            self.window.show_status(f"Exported {result.mask}")
+
+        self.run_job("Exporting", tasks.export_job(s.project, s.source_id, Path(path), which), done,
+                     lambda exc: self.export_failed.emit(str(exc)))

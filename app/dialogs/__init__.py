@@ -1,0 +1,1 @@
+"""Dialogs: opening (project folder, DICOM series), training settings, export."""

@@ -1,0 +1,1 @@
+"""The side and bottom panels of the main window: labels, overlays, quantification, training curves, attention."""
