@@ -7,20 +7,20 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, QUrl, Slot
-from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QScrollArea, QVBoxLayout, \
-    QWidget
+from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 from covidseg_core.errors import CovidSegError, ProjectError
 from covidseg_core.events import EpochReport, Message, Progress
 
 from . import tasks
+from .about import show_about, show_log_file
 from .actions import make_actions, make_menus
 from .controller import Controller
 from .dialogs.export_dialog import ExportDialog
 from .dialogs.open_dialogs import ProjectFolderDialog, SeriesChooser, default_project_folder, user_data_dir
 from .dialogs.settings_dialog import SettingsDialog, effective_settings
-from .errors_ui import log_path, show_error
+from .errors_ui import show_error
 from .jobs import JobRunner, run_light
 from .panels.attention_gallery import AttentionGallery
 from .panels.label_panel import LabelPanel
@@ -369,30 +369,10 @@ class MainWindow(QMainWindow):
         run_light(lambda: tasks.describe_device(wanted), show, self, failed)
 
     def show_log(self) -> None:
-        path = log_path()
-        if path is None:
-            return
-        QMessageBox.information(self, "Log file", f"The log is written to:\n{path}")
-        from PySide6.QtGui import QDesktopServices
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent)))
+        show_log_file(self)
 
     def about(self) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from covidseg_core import __version__
-
-        env = self._environment       # filled by the device probe (torch is never imported here)
-        if env is None:
-            try:
-                env = {"torch": version("torch"), "cuda": "(still checking)"}
-            except PackageNotFoundError:
-                env = {"torch": "not installed", "cuda": "-"}
-        QMessageBox.about(self, f"About {APP_TITLE}",
-                          f"<b>{APP_TITLE}</b> {__version__}<br>Weakly supervised segmentation of COVID-19 lung "
-                          "infection on chest CT from slice labels, with attention fusion.<br><br>"
-                          f"torch {env['torch']}, CUDA {env['cuda'] or 'none (CPU build)'}<br>"
-                          f"Training device: {self._device_text}<br><br>"
-                          "Not a medical device: every mask must be checked by a radiologist.")
+        show_about(self, self._environment, self._device_text)
 
     def closeEvent(self, ev) -> None:
         if self.jobs.busy:

@@ -1,3 +1,31 @@
-"""CovidSeg Assist engine: weak slice labels -> pixel masks of COVID-19 lung infection. No Qt here."""
+"""CovidSeg Assist engine: weak slice labels -> pixel masks of COVID-19 lung infection. No Qt here.
+
+Module map (imports go one way, down this list; tests/test_architecture.py checks there is no cycle):
+
+  errors.py            exceptions a user sees (message + what to do)
+  events.py            job events, CancelToken; drive() runs a job, relay() runs one inside another
+  constants.py         labels, fusion modes, devices, mask values (0/1/255 in memory, 0/255/127 in PNGs)
+  atomic.py            every file is written atomically
+  study.py             Study: array (z, y, x), geometry, slice ids, unit_range() (what the networks see)
+  io/                  dicom, nifti, images, loader: files <-> Study, geometry exact
+  data.py              SliceSet: a study's slices in [0, 1] with labels, groups, optional ground truth
+  project/             api (Project), store (snapshot, journal, lock), ops (changes as a table), corrections
+  runs.py              RunFolder: the only owner of paths inside a run (checkpoints, pseudo/, cams/, epochs...)
+  imaging/             windowing, resize (every resize), lungs (lung field and density cues)
+  models/              blocks, classifier (CAM), segmenter (LightUNet, build_from_spec), unet
+  infer/               device (device, precision, grad scaler), model (load a run), predict (predict a study)
+  train_step.py        TrainStep: the optimisation step both stages share (augment, AMP, scaler, LR schedule)
+  weak/                stage 1: config, classifier_training, cam (fusion), pseudo_masks, losses, job
+  seg/                 stage 2: targets (supervision, validation split), losses, training (the segmenter loop)
+  results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export
+  train_config.py      TrainConfig and the --fast preset (plain data, no torch)
+  pipeline.py          the `train` job: weak, then seg (which never import each other), then a report
+  demo.py              the synthetic demo study
+  cli/                 `covidseg`: parser, output, study/training/prediction command groups
+
+Where state lives: a user's work in a project folder (project/), a training run's in a run folder (runs.py);
+nothing is kept between calls in memory. Threads: none start here; long jobs are generators with a cancel token,
+driven by the CLI, the tests, or the app's job thread (app/jobs.py).
+"""
 
 __version__ = "0.1.0"

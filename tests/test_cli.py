@@ -128,3 +128,20 @@ def test_pseudo_writes_stage1_outputs(tmp_path, capsys):
     names = sorted(p.name for p in (data / "images").iterdir())
     assert sorted(p.name for p in (tmp_path / "run" / "pseudo").iterdir()) == names
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_gui_command_launches_the_app_as_its_own_program(monkeypatch):
+    import subprocess
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert cli.main(["gui", "some/study.nii.gz"]) == 0
+    assert calls and calls[0][1:] == ["-m", "app", "some/study.nii.gz"]
+
+
+def test_gui_command_without_the_gui_extras_says_how_to_install_them(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PySide6" else real(name, *a))
+    assert cli.main(["gui"]) == 2
+    err = capsys.readouterr().err
+    assert "PySide6" in err and "pip install 'covidseg-assist[gui]'" in err
