@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from covidseg_core.project.store import PROJECT_FILE
+
 MAX_RECENT = 8
 
 
@@ -18,7 +20,7 @@ class Prefs:
         value = self.q.value("recent_projects", [])
         if isinstance(value, str):
             value = [value]
-        return [v for v in (value or []) if isinstance(v, str) and (Path(v) / "project.json").is_file()]
+        return [v for v in (value or []) if isinstance(v, str) and (Path(v) / PROJECT_FILE).is_file()]
 
     def add_recent_project(self, folder: str | Path) -> None:
         folder = str(Path(folder))

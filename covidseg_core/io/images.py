@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..constants import LABELS
 from ..errors import InputError, LabelError
 from ..study import Study
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-VALID_LABELS = ("infected", "clean")
 
 
 def image_dir(folder: Path) -> Path:
@@ -61,7 +61,7 @@ def read_labels_csv(csv_path: Path, known_files: list[str] | None = None) -> dic
                     continue
                 if label in ("", "unlabelled", "unlabeled", "none"):
                     label = None
-                elif label not in VALID_LABELS:
+                elif label not in LABELS:
                     raise LabelError(f"{csv_path}, line {line_no}: unknown label '{row.get('label')}' for {name}.",
                                      "Use 'infected' or 'clean' (or leave it empty for unlabelled).")
                 row["label"] = label
