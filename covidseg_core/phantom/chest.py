@@ -13,7 +13,7 @@ from scipy import ndimage
 from . import tissues as T
 from .frame import CHEST_HEIGHT, Frame, Shapes, smooth_noise
 from .lesions import lesion_maps, place_lesions
-from .mediastinum import CARINA_T, HILUM, TRACHEA_Y, dome_height, paint_abdomen, paint_mediastinum
+from .mediastinum import CARINA_T, HILUM, TRACHEA_Y, VEINS, dome_height, paint_abdomen, paint_mediastinum
 from .scanner import scan
 from .thorax import Thorax
 from .trees import Tubes, bronchi_beside, rasterize, vessel_tree
@@ -21,7 +21,7 @@ from .trees import Tubes, bronchi_beside, rasterize, vessel_tree
 SECTIONS = 3                  # thin sections per slab for the anatomy and the lesions
 MIN_LESION_PIXELS = 4         # a smaller piece of lesion on a slice is not shown, and does not make it infected
 TREE_POINTS = 2500            # lung samples each vessel tree is grown to supply
-LESIONS = 7                   # lesions per study
+LESIONS = 8                   # lesions per study
 
 
 def _section(thorax: Thorax, g: Shapes, domes: np.ndarray, h: float):
@@ -44,12 +44,14 @@ def _trees(rng, frame: Frame, lung: np.ndarray) -> dict[str, np.ndarray]:
         z, iy, ix = np.nonzero(lung & (np.sign(x) == side)[None])
         if len(z) < 20:
             continue
-        pick = rng.choice(len(z), size=min(TREE_POINTS, len(z)), replace=False)
-        jitter = rng.uniform(-0.5, 0.5, (len(pick), 3)) * np.array([1 / frame.scale, 1 / frame.scale, frame.slab])
-        pts = np.column_stack([x[iy[pick], ix[pick]], y[iy[pick], ix[pick]], z[pick] * frame.slab]) + jitter
+        def points():
+            pick = rng.choice(len(z), size=min(TREE_POINTS, len(z)), replace=False)
+            jitter = rng.uniform(-0.5, 0.5, (len(pick), 3)) * np.array([1 / frame.scale, 1 / frame.scale, frame.slab])
+            return np.column_stack([x[iy[pick], ix[pick]], y[iy[pick], ix[pick]], z[pick] * frame.slab]) + jitter
+
         hilum = np.array([hx, hy, ht * CHEST_HEIGHT])
-        tree = vessel_tree(pts, hilum, 3.2, rng)
-        vessels.append(tree)
+        tree = vessel_tree(points(), hilum, 3.2, rng)                  # the artery, with its bronchus
+        vessels += [tree, vessel_tree(points(), np.array(VEINS[side]), 2.8, rng)]
         outer, lumen = bronchi_beside(tree, rng)
         outers.append(outer)
         lumens.append(lumen)

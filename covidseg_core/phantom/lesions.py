@@ -19,7 +19,7 @@ from .frame import CHEST_HEIGHT, HALF_FOV, Frame
 
 KINDS = ("ground-glass", "mixed", "consolidation")
 KIND_P = (0.55, 0.3, 0.15)
-CLUSTERS = 2
+CLUSTERS = 4
 
 
 @dataclass
@@ -61,16 +61,16 @@ def _soft(f, width):
 
 
 def place_lesions(rng: np.random.Generator, frame: Frame, lung: np.ndarray, count: int) -> list[Lesion]:
-    """About `count` lesions in the lungs of `lung` (n_slices, size, size) bool (one section per slice), in
-    CLUSTERS groups along z, one in the lower and one in the middle chest, so the apex, the bases and
-    some slices in between stay clean."""
+    """`count` lesions in the lungs of `lung` (n_slices, size, size) bool (one section per slice), in CLUSTERS
+    groups spread from the bases to the upper chest: infected and clean slices alternate in runs at every level,
+    as in a patient with multifocal disease (and a slice's level alone does not tell whether it is infected)."""
     x, y = frame.grid
     s = frame.scale
     out = []
-    edges = np.linspace(0.1, 0.72, CLUSTERS + 1)
+    edges = np.linspace(0.06, 0.88, CLUSTERS + 1)
     clusters = rng.uniform(edges[:-1], edges[1:])
     for i in range(count):
-        t = float(np.clip(clusters[i % CLUSTERS] + rng.normal(0, 0.03), 0.0, 1.0))
+        t = float(np.clip(clusters[i % CLUSTERS] + rng.normal(0, 0.015), 0.0, 1.0))
         z = int(round(t * (frame.n_slices - 1)))
         sl = lung[z]
         if sl.sum() < 30 * s * s:
@@ -84,13 +84,13 @@ def place_lesions(rng: np.random.Generator, frame: Frame, lung: np.ndarray, coun
         gy, gx = np.gradient(ndimage.gaussian_filter(depth, 2.0))
         angle = float(np.arctan2(gy[cy, cx], gx[cy, cx]) + np.pi / 2)
         size = float(np.exp(rng.uniform(np.log(2.5), np.log(22.0))))  # half size: 3.5 mm to 3 cm
-        axes = np.array([size, size * rng.uniform(0.45, 0.9), size * rng.uniform(0.5, 1.0)])
+        axes = np.array([size, size * rng.uniform(0.45, 0.9), min(size * rng.uniform(0.35, 0.7), 8.0)])
         kind = str(rng.choice(KINDS, p=KIND_P))
         # irregular outline: waves of a few wavelengths across the lesion, and finer ones
         freq = np.concatenate([rng.uniform(0.6, 1.4, 4) * 2.2 / size, rng.uniform(0.8, 1.2, 2) * 0.6])
         waves = np.column_stack([_unit(rng, 6), freq, rng.uniform(0, 2 * np.pi, 6)])
         grain = np.column_stack([_unit(rng, 8) * rng.uniform(0.8, 1.25, (8, 1)), rng.uniform(0, 2 * np.pi, 8)])
-        out.append(Lesion(centre, axes, angle, kind, raise_hu=float(rng.uniform(150, 450)),
+        out.append(Lesion(centre, axes, angle, kind, raise_hu=float(rng.uniform(180, 450)),
                           solid_hu=float(rng.uniform(-90, 35)), waves=waves, grain=grain,
                           paving=bool(kind == "ground-glass" and rng.random() < 0.35)))
     return out

@@ -10,11 +10,12 @@ import numpy as np
 from scipy import ndimage
 
 from . import tissues as T
-from .frame import Shapes, bump, quantize as _q, ramp
+from .frame import CHEST_HEIGHT, Shapes, bump, quantize as _q, ramp
 
 CARINA_T = 0.64
 TRACHEA_Y = 5.0
 HILUM = {-1: (-19.0, -4.0, 0.56), 1: (19.0, -5.0, 0.54)}      # side: (x, y, t) where each lung's vessels enter
+VEINS = {-1: (-11.0, 4.0, 0.44 * CHEST_HEIGHT), 1: (13.0, 3.0, 0.44 * CHEST_HEIGHT)}   # veins reach the atrium
 DOMES = {-1: (-17.0, -8.0, 0.30), 1: (19.0, -6.0, 0.24)}       # side: (x, y, t of the top) of each diaphragm dome
 DIAPHRAGM_T = 0.025
 
@@ -86,7 +87,7 @@ def paint_mediastinum(hu, g: Shapes, t, cavity, above_diaphragm) -> np.ndarray:
     if trachea is not None:
         region |= trachea < 1.35
     # the anterior mediastinum: narrow behind the sternum (where the lungs nearly meet), wider behind
-    width = 2.5 + 0.12 * (y + 40.0) + 4.0 * ramp(t, 0.55, 0.85)
+    width = 1.5 + 0.14 * (y + 40.0) + 3.0 * ramp(t, 0.55, 0.85)
     region |= (np.abs(x - 1.5) < width) & (y < 16.0)
     region = ndimage.gaussian_filter(region.astype(np.float32), 1.5) > 0.5
     region &= cavity & above_diaphragm
