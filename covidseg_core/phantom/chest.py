@@ -21,17 +21,17 @@ from .trees import Tubes, bronchi_beside, rasterize, vessel_tree
 SECTIONS = 3                  # thin sections per slab for the anatomy and the lesions
 MIN_LESION_PIXELS = 4         # a smaller piece of lesion on a slice is not shown, and does not make it infected
 TREE_POINTS = 2500            # lung samples each vessel tree is grown to supply
-LESIONS = 8                   # lesions per study
+LESIONS = 9                   # lesions per study
 
 
 def _section(thorax: Thorax, g: Shapes, domes: np.ndarray, h: float):
     """(HU, lung) of one thin section at height h."""
     t = h / CHEST_HEIGHT
     hu = np.full(g.x.shape, T.AIR, np.float32)
-    cavity = thorax.paint(hu, h)
-    lung_space = paint_abdomen(hu, g, t, cavity, domes)
-    mediastinum = paint_mediastinum(hu, g, t, cavity, lung_space)
-    return hu, lung_space & ~mediastinum
+    inner, lungs = thorax.paint(hu, h)
+    above_diaphragm = paint_abdomen(hu, g, t, inner, domes)
+    mediastinum = paint_mediastinum(hu, g, t, inner, above_diaphragm)
+    return hu, lungs & above_diaphragm & ~mediastinum
 
 
 def _trees(rng, frame: Frame, lung: np.ndarray) -> dict[str, np.ndarray]:

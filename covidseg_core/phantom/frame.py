@@ -38,14 +38,6 @@ class Frame:
         """Slice spacing in units (a slice integrates a slab this thick)."""
         return CHEST_HEIGHT / max(self.n_slices - 1, 1)
 
-    def height(self, z: int) -> float:
-        """Height of slice z's centre above the first slice, in units."""
-        return z * self.slab
-
-    def t(self, height: float) -> float:
-        """Position along the chest, 0 at the first slice (liver dome), 1 at the last (apex)."""
-        return height / CHEST_HEIGHT
-
 
 def ellipse(x, y, cx, cy, rx, ry, angle=0.0):
     """Normalised radius: < 1 inside the ellipse, 1 on its border."""

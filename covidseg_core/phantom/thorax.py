@@ -2,8 +2,8 @@
 clavicles, the vertebra with its canal and processes, paraspinal muscles, and the scanner table.
 
 `Thorax` holds the patient's build (drawn once per study from the seed); `paint(hu, h)` draws one thin section at
-height h (units) into `hu` and returns the pleural cavity (where the lungs, the mediastinum and the upper abdomen
-go), without the part the spine takes.
+height h (units) into `hu` and returns the inside of the rib cage (where the mediastinum and the upper abdomen go,
+without the spine) and the part of it the lungs may fill.
 """
 from __future__ import annotations
 
@@ -77,15 +77,17 @@ class Thorax:
         self._paraspinal(hu, body)
         self._ribs(hu, h, cy, out, body)
         self._sternum_scapulae_clavicles(hu, t, cy, out, body)
-        cavity = q_cav < 1.0
+        inner = (q_cav < 1.0) & ~self._spine(hu, h)
+        lungs = inner
         if t > APEX_T:                                          # each lung ends in a rounded dome
             dome = float(np.sqrt(max(1.0 - ((t - APEX_T) / 0.42) ** 2, 0.05)))
-            apices = np.zeros_like(cavity)
+            apices = np.zeros_like(inner)
             for side in (-1, 1):
                 apices |= g.ellipse(side * _q(9.0 + 16.0 * dome), _q(cy + 6.0 * (1 - dome)),
                                     _q(27.0 * dome), _q(34.0 * dome)) < 1.0
-            cavity &= apices
-        return cavity & ~self._spine(hu, h)
+            lungs = inner & apices
+            hu[inner & ~apices] = T.MUSCLE                      # the muscles of the neck and shoulders
+        return inner, lungs
 
     def _table(self, hu):
         x, y = self.g.x, self.g.y
