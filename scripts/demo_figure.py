@@ -56,15 +56,16 @@ def _fit(rgb: np.ndarray) -> np.ndarray:
 
 
 def pick_slices(mask: np.ndarray) -> list[tuple[str, int]]:
-    """(title, z) of the demo columns: the base, the largest lesion in the lower and in the middle third, a clean
-    slice in the middle third, the apex."""
+    """(title, z) of the demo columns: a clean slice at the base, the largest lesion in the lower and in the middle
+    third, a clean slice in the middle third, the apex."""
     n = len(mask)
     area = mask.reshape(n, -1).sum(axis=1)
     lower, middle = range(1, n // 3), range(n // 3, 2 * n // 3)
-    low = max(lower, key=lambda z: area[z])
+    base = min([z for z in lower if area[z] == 0] or [1], key=lambda z: abs(z - n // 10))
+    low = max([z for z in lower if z != base] or [base], key=lambda z: area[z])
     mid = max(middle, key=lambda z: area[z])
     clean = [z for z in middle if area[z] == 0] or [z for z in range(n) if area[z] == 0] or [n // 2]
-    return [("base", max(1, n // 10)), ("lower, lesions", low), ("middle, lesions", mid),
+    return [("base, clean", base), ("lower, lesions", low), ("middle, lesions", mid),
             ("middle, clean", min(clean, key=lambda z: abs(z - n // 2))), ("apex", n - 1)]
 
 

@@ -73,7 +73,8 @@ class Thorax:
         out = -self._depth(q_cav, x, y, cy)                    # distance outside the pleura
         deep = body & (depth >= self.fat_thick + muscle_thick) & (out > 0)
         hu[deep] = T.MUSCLE                                    # intercostal muscles
-        hu[deep & (out < 0.8) & (out > 0.2)] = T.FAT           # the extrapleural fat line
+        if t < APEX_T:
+            hu[deep & (out < 0.8) & (out > 0.2)] = T.FAT       # the extrapleural fat line
         self._paraspinal(hu, body)
         self._ribs(hu, h, cy, out, body)
         self._sternum_scapulae_clavicles(hu, t, cy, out, body)
