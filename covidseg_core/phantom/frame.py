@@ -59,37 +59,36 @@ def capsule(x, y, ax, ay, bx, by):
     return np.hypot(x - ax - h * dx, y - ay - h * dy)
 
 
+def _angle(x, y, cy):
+    """Angle around (0, cy): 0 towards the back, +-pi towards the front."""
+    return np.arctan2(x, y - float(cy))
+
+
 class Shapes:
-    """ellipse(), superellipse() and capsule() on one grid, remembered: most structures keep their shape from slice to slice."""
+    """ellipse(), superellipse(), capsule() and angle() on one grid, remembered: most structures keep their shape
+    from slice to slice."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         self.x, self.y = x, y
         self._memo: dict[tuple, np.ndarray] = {}
 
-    def ellipse(self, *args) -> np.ndarray:
-        key = ("e",) + tuple(round(float(a), 3) for a in args)
+    def _remembered(self, shape, *args) -> np.ndarray:
+        key = (shape.__name__,) + tuple(round(float(a), 3) for a in args)
         if key not in self._memo:
-            self._memo[key] = ellipse(self.x, self.y, *args)
+            self._memo[key] = shape(self.x, self.y, *args)
         return self._memo[key]
+
+    def ellipse(self, *args) -> np.ndarray:
+        return self._remembered(ellipse, *args)
 
     def superellipse(self, *args) -> np.ndarray:
-        key = ("s",) + tuple(round(float(a), 3) for a in args)
-        if key not in self._memo:
-            self._memo[key] = superellipse(self.x, self.y, *args)
-        return self._memo[key]
-
-    def angle(self, cy: float) -> np.ndarray:
-        """Angle around (0, cy): 0 towards the back, +-pi towards the front."""
-        key = ("a", round(float(cy), 3))
-        if key not in self._memo:
-            self._memo[key] = np.arctan2(self.x, self.y - float(cy))
-        return self._memo[key]
+        return self._remembered(superellipse, *args)
 
     def capsule(self, *args) -> np.ndarray:
-        key = ("c",) + tuple(round(float(a), 3) for a in args)
-        if key not in self._memo:
-            self._memo[key] = capsule(self.x, self.y, *args)
-        return self._memo[key]
+        return self._remembered(capsule, *args)
+
+    def angle(self, cy: float) -> np.ndarray:
+        return self._remembered(_angle, cy)
 
 
 def bump(t, centre, half):
