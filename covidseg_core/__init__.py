@@ -20,7 +20,8 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export
   train_config.py      TrainConfig and the --fast preset (plain data, no torch)
   pipeline.py          the `train` job: weak, then seg (which never import each other), then a report
-  demo.py              the synthetic demo study
+  phantom/             a synthetic chest CT with COVID-19 lesions (anatomy, vessel trees, lesions, scanner)
+  demo.py              the synthetic demo study (the phantom written as NIfTI + image folder)
   cli/                 `covidseg`: parser, output, study/training/prediction command groups
 
 Where state lives: a user's work in a project folder (project/), a training run's in a run folder (runs.py);

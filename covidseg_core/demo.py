@@ -1,8 +1,9 @@
 """A small synthetic chest-CT study in HU, with slice labels and ground truth, to try everything without a download.
 
-Body with fat and muscle, a spine, two lungs with vessels, and on a run of slices ground-glass opacities and
-consolidations inside the lungs. Written as a NIfTI volume (plus labels CSV keyed by slice index) and as an image
-folder (lung-window PNGs, labels.csv, masks/).
+The scan is drawn by `phantom/` (a chest from the liver dome to the lung apices: chest wall, ribs, spine,
+mediastinum, lungs with vessels and bronchi, scanner blur and noise) with COVID-19 ground-glass opacities and
+consolidations on some of its slices. Written as a NIfTI volume (plus labels CSV keyed by slice index) and as an
+image folder (lung-window PNGs, labels.csv, masks/).
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from .atomic import atomic_write, atomic_write_bytes
 from .imaging.windowing import LUNG_WINDOW, apply_window
+from .phantom import chest_ct
 
 log = logging.getLogger(__name__)
 
@@ -24,67 +25,13 @@ DEMO_SPACING = (1.4, 1.4, 5.0)     # (x, y, z) mm: a 128-pixel slice covers a 18
 DEMO_ORIGIN = (-89.6, -89.6, -80.0)
 
 
-def _ellipse(shape, cy, cx, ry, rx, angle=0.0):
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
-    c, s = np.cos(angle), np.sin(angle)
-    y, x = yy - cy, xx - cx
-    return ((x * c + y * s) / rx) ** 2 + ((-x * s + y * c) / ry) ** 2 <= 1.0
-
-
 def make_demo_volume(seed: int = 0, n_slices: int = 32, size: int = 128):
-    """Return (hu (z,y,x) float32, infection mask (z,y,x) uint8, labels list of "infected"/"clean")."""
-    rng = np.random.default_rng(seed)
-    shape = (size, size)
-    hu = np.full((n_slices, size, size), -1000.0, dtype=np.float32)
-    mask = np.zeros((n_slices, size, size), dtype=np.uint8)
-    s = size / 128.0
-    # lesion centres follow smooth paths through a run of slices (as real opacities do)
-    lesions = []
-    infected_run = range(int(n_slices * 0.25), int(n_slices * 0.75))
-    for _ in range(5):
-        side = rng.choice([-1, 1])
-        lesions.append({
-            "z0": rng.integers(infected_run.start, max(infected_run.stop - 3, infected_run.start + 1)),
-            "len": rng.integers(3, 9),
-            "cy": 64 * s + rng.uniform(-22, 22) * s, "cx": 64 * s + side * rng.uniform(22, 34) * s,
-            "r": rng.uniform(4.5, 9.0) * s, "hu": rng.choice([-450.0, -350.0, 10.0]),
-        })
-    vessels = [(rng.uniform(40, 88) * s, 64 * s + rng.choice([-1, 1]) * rng.uniform(16, 40) * s)
-               for _ in range(14)]
-    for z in range(n_slices):
-        t = z / max(n_slices - 1, 1)
-        # lungs grow then shrink along z, always leaving a chest wall of >= 8 pixels (at size 128) as real CT does
-        lung_scale = 0.72 + 0.26 * np.sin(np.pi * (0.15 + 0.7 * t))
-        body = _ellipse(shape, 64 * s, 64 * s, 50 * s, 60 * s)
-        fat = body & ~_ellipse(shape, 64 * s, 64 * s, 45 * s, 55 * s)
-        sl = np.where(body, 45.0, -1000.0).astype(np.float32)
-        sl[fat] = -100.0
-        lungs = np.zeros(shape, bool)
-        for side in (-1, 1):
-            lungs |= _ellipse(shape, 60 * s, 64 * s + side * 27 * s, 34 * s * lung_scale, 18 * s * lung_scale,
-                              angle=side * 0.12)
-        sl[lungs] = -860.0
-        for vy, vx in vessels:                              # vessels: small bright dots inside the lungs
-            v = _ellipse(shape, vy + 3 * np.sin(z / 3.0), vx, 1.6 * s, 1.6 * s) & lungs
-            sl[v] = 30.0
-        sl[_ellipse(shape, 106 * s, 64 * s, 8 * s, 9 * s)] = 650.0   # vertebral body
-        sl[_ellipse(shape, 64 * s, 64 * s, 9 * s, 7 * s)] = 40.0     # mediastinum / heart between the lungs
-        les = np.zeros(shape, bool)
-        for L in lesions:
-            dz = z - L["z0"]
-            if 0 <= dz < L["len"]:
-                r = L["r"] * np.sin(np.pi * (dz + 0.5) / L["len"]) + 1.0
-                blob = _ellipse(shape, L["cy"], L["cx"], r, r * 1.3, angle=float(L["cy"])) & lungs
-                sl[blob] = np.maximum(sl[blob], L["hu"])
-                les |= blob
-        sl += rng.normal(0, 18, shape).astype(np.float32)
-        hu[z] = ndimage.gaussian_filter(sl, 0.6)
-        mask[z] = les
-    labels = ["infected" if mask[z].sum() >= 10 else "clean" for z in range(n_slices)]
-    # tiny lesions would be labelled clean: keep the ground truth consistent with the labels
-    for z, lab in enumerate(labels):
-        if lab == "clean":
-            mask[z] = 0
+    """Return (hu (z,y,x) float32, infection mask (z,y,x) uint8, labels list of "infected"/"clean").
+
+    Slice 0 is the lowest (the liver dome), the last one the lung apices. A slice is `infected` exactly when its
+    mask shows a lesion (pieces too small to see are left out of both the image and the mask)."""
+    hu, mask = chest_ct(seed, n_slices, size)
+    labels = ["infected" if mask[z].any() else "clean" for z in range(n_slices)]
     return hu, mask, labels
 
 

@@ -23,6 +23,34 @@ def test_demo_volume_has_lesions_only_in_lungs_and_labels_match():
     assert hu.min() < -900 and hu.max() > 500          # air and bone present: HU, not intensities
 
 
+def test_demo_is_a_chest_ct_with_labels_a_reader_would_give():
+    from scipy import ndimage
+
+    from covidseg_core.phantom.chest import MIN_LESION_PIXELS
+
+    hu, mask, labels = make_demo_volume()
+    again, mask_again, _ = make_demo_volume()
+    assert np.array_equal(hu, again) and np.array_equal(mask, mask_again)          # seeded
+    assert not np.array_equal(make_demo_volume(seed=1)[1], mask)
+    # air around the patient, aerated lung, fat, soft tissue and bone, each near its HU
+    assert abs(np.median(hu[:, :4, :4]) + 1000) < 30
+    mid = hu[len(hu) // 2]
+    lung = mid[(mid > -980) & (mid < -600)]
+    assert lung.size > 0.15 * mid.size and -900 < np.median(lung) < -780
+    assert ((mid > -130) & (mid < -70)).mean() > 0.03 and ((mid > 20) & (mid < 80)).mean() > 0.05
+    assert (hu > 700).any(axis=(1, 2)).all()                       # a vertebra or ribs on every slice
+    # lesions on some slices only, none at the apex; every piece of lesion is big enough to see
+    n_inf = labels.count("infected")
+    assert 0.25 * len(labels) <= n_inf <= 0.6 * len(labels) and labels[-1] == "clean"
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        lab, n = ndimage.label(mask[z])
+        assert ndimage.sum(mask[z], lab, range(1, n + 1)).min() >= MIN_LESION_PIXELS
+    # denser than the lung they sit in: ground glass raises it by 100 HU or more, consolidation more
+    shown = mask > 0
+    around = ndimage.binary_dilation(shown, iterations=3, structure=np.ones((1, 3, 3), bool)) & ~shown & (hu < -600)
+    assert np.median(hu[shown]) > np.median(hu[around]) + 100
+
+
 def test_write_demo_gives_both_forms(tmp_path):
     info = write_demo(tmp_path / "d", n_slices=12, size=64)
     imgs = read_image_folder(tmp_path / "d")

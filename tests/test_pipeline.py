@@ -103,11 +103,21 @@ def test_fast_train_predict_evaluate_beats_trivial_baselines(fast_run, demo, tmp
     rng = np.random.default_rng(0)
     zero = summarize([np.zeros_like(g) for g in gts], gts)
     rand = summarize([rng.random(g.shape) < rate for g in gts], gts)
-    # measured on this CPU: dice_pooled 0.28 (1 thread) to 0.43 (2 threads), dice_mean 0.35 to 0.47;
-    # random pixels at the same rate ~0.05, all-zero 0
-    assert scores["dice_pooled"] > 0.15 and scores["dice_mean"] > 0.15
-    assert scores["dice_pooled"] > rand["dice_pooled"] + 0.1 and scores["dice_mean"] > zero["dice_mean"] + 0.15
-    assert scores["specificity_pooled"] > 0.95
+    # The demo is a chest CT (vessels, hila, chest wall, table), with lesions over 1-40% of the lung on 12 of its
+    # 32 slices. Measured on this CPU, three runs (1, 2, 1 torch threads): dice_pooled 0.075 / 0.19 / 0.22,
+    # dice_mean 0.23 / 0.33 / 0.39, specificity_pooled 0.904 / 0.969 / 0.981, Youden's J 0.77 / 0.79 / 0.64;
+    # random pixels at the same rate: dice_pooled 0.008, J 0; all-zero: 0, 0; every lung-like pixel
+    # (-980..-300 HU): dice_pooled 0.026, specificity 0.74, J 0.53.
+    assert scores["dice_pooled"] > rand["dice_pooled"] + 0.04 and scores["dice_mean"] > zero["dice_mean"] + 0.15
+    assert finds_the_lesions(scores, rand)
+
+
+def finds_the_lesions(scores: dict, rand: dict | None = None) -> bool:
+    """Masks on the lesions rather than anywhere: sensitivity well above the false-positive rate (Youden's J),
+    and few false positives (which predicting the whole lung field would not give)."""
+    j = scores["sensitivity_pooled"] + scores["specificity_pooled"] - 1
+    j_rand = rand["sensitivity_pooled"] + rand["specificity_pooled"] - 1 if rand else 0.0
+    return j > 0.5 and j > j_rand + 0.4 and scores["specificity_pooled"] > 0.85
 
 
 def test_run_folder_records_config_epochs_checkpoints_metrics(fast_run):
@@ -148,9 +158,10 @@ def test_predict_volume_writes_nifti_in_source_geometry(fast_run, demo, tmp_path
     assert np.allclose(a.GetDirection(), b.GetDirection())
     mask = sitk.GetArrayFromImage(b)
     assert set(np.unique(mask)) <= {0, 1} and mask.any()
-    # the volume goes through the same windowing as the PNG slices: both predictions agree closely
+    # the volume goes through the same windowing as the PNG slices: it finds the lesions as they do
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(demo / "volume" / "infection.nii.gz"))) > 0
-    assert summarize(list(mask), list(truth))["dice_pooled"] > 0.15
+    scores = summarize(list(mask), list(truth))
+    assert finds_the_lesions(scores) and scores["dice_pooled"] > 0.04, scores
 
 
 # --- awkward inputs ----------------------------------------------------------------------------------------
