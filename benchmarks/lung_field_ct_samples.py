@@ -3,8 +3,9 @@
 The volumes are read with the project's readers (covidseg_core.io.loader.open_study) and turned into [0, 1]
 slices by covidseg_core.preprocess.to_unit_range, exactly as the pipeline does (HU through the lung window).
 There are no lung masks for them, so the check is geometric, from the HU values themselves:
-- inside body: share of the field's pixels inside the body (tissue above -500 HU, holes filled; a side of the
-  image that cuts through the body, as in the cropped CTs, counts as closed);
+- inside body: share of the field's pixels inside the body (the convex hull of the largest piece of tissue
+  above -500 HU, slice by slice; "cropped" volumes, cut inside the body, are body throughout, so this column
+  says nothing for them);
 - dark covered: share of the air-filled pixels inside the body (below -400 HU: aerated lung, but also the
   trachea, the main bronchi and stomach/bowel gas) that the field covers.
 Both for the network and for the threshold method. With --figure, a picture of several slices (zenodo whole and
@@ -38,8 +39,8 @@ log = logging.getLogger("bench_lung_ct")
 SHARED = REPO.parent / "shared" / "data"
 CT = SHARED / "ct-samples"
 VOLUMES = {   # name -> path under ct-samples
-    "chest CTA (NIfTI, cropped)": "totalseg_ct/nifti/chest_cta_aorta_ct_cropped.nii.gz",
-    "chest CTA pulmonary (NIfTI, cropped)": "totalseg_ct/nifti/chest_cta_pulmonary_ct_cropped.nii.gz",
+    "chest CTA (NIfTI)": "totalseg_ct/nifti/chest_cta_aorta_ct_cropped.nii.gz",
+    "chest CTA pulmonary (NIfTI)": "totalseg_ct/nifti/chest_cta_pulmonary_ct_cropped.nii.gz",
     "upper abdomen (DICOM 512, JPEG 2000)": "totalseg_ct/dicom_series",
     "lung bases (DICOM 512, GE)": "dicom_dcmqi_ct3slice",
     "abdomen/pelvis (NIfTI, 3 mm)": "totalseg_ct/nifti/example_ct_sm.nii.gz",
@@ -48,26 +49,38 @@ BODY_HU = -500.0
 DARK_HU = -400.0
 
 
-def body_mask(hu: np.ndarray) -> np.ndarray:
-    """The body of one HU slice: the largest tissue component with its holes filled; image sides that cut
-    through tissue (a cropped volume) close the holes that touch them."""
-    tissue = ndi.binary_opening(hu > BODY_HU, iterations=2)
+def _largest_tissue(hu: np.ndarray) -> np.ndarray | None:
+    tissue = ndi.binary_opening(hu > BODY_HU, iterations=3)     # thin bridges to the scanner table cut
     lab, n = ndi.label(tissue)
-    if n == 0:
+    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:])) if n else None
+
+
+def cropped_inside_body(hu_volume: np.ndarray) -> bool:
+    """A volume cropped inside the body (the cropped chest CTs): at its middle slice the tissue reaches three
+    or four image sides."""
+    tissue = _largest_tissue(hu_volume[len(hu_volume) // 2])
+    return tissue is not None and sum(side.any() for side in (tissue[0], tissue[-1], tissue[:, 0],
+                                                              tissue[:, -1])) >= 3
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """The body of one HU slice: the convex hull of its largest piece of tissue (above -500 HU). The chest wall
+    surrounds the lungs; outside air, the scanner table and the padding outside the field of view lie outside."""
+    tissue = _largest_tissue(hu)
+    if tissue is None:
         return np.zeros(hu.shape, bool)
-    body = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-    sides = [body[0], body[-1], body[:, 0], body[:, -1]]
-    cut = [s.mean() > 0.5 for s in sides]
-    padded = np.pad(body, 1)
-    for flag, idx in zip(cut, [(0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)]):
-        if flag:
-            padded[idx] = True
-    return ndi.binary_fill_holes(padded)[1:-1, 1:-1]
+    ys, xs = np.nonzero(tissue)
+    hull = cv2.convexHull(np.stack([xs, ys], 1).astype(np.int32))
+    body = np.zeros(hu.shape, np.uint8)
+    cv2.fillConvexPoly(body, hull, 1)
+    return body.astype(bool)
 
 
 def check_volume(model, hu: np.ndarray, images01: np.ndarray) -> dict:
-    out = {"slices": len(hu)}
-    body = np.stack([body_mask(s) for s in hu])
+    cropped = cropped_inside_body(hu)
+    out = {"slices": len(hu), "cropped": cropped}
+    # a volume cropped inside the body has no outside to leave: the whole image is body
+    body = np.ones(hu.shape, bool) if cropped else np.stack([body_mask(s) for s in hu])
     dark = body & (hu < DARK_HU)
     for name, fields in (("net", predict_lung_fields(model, images01)), ("thr", threshold_lung_fields(images01))):
         area = fields.sum()
@@ -133,7 +146,7 @@ def main(argv=None) -> int:
         hu = study.array.astype(np.float32)
         images01 = to_unit_range(study.array, study.is_hu, study.meta.get("bits", 8))
         r = check_volume(model, hu, images01)
-        lines.append(f"| {title} | {r['slices']} | " + " | ".join(
+        lines.append(f"| {title}{' (cropped)' if r['cropped'] else ''} | {r['slices']} | " + " | ".join(
             f"{r[f'{m}_nonempty']} | {r[f'{m}_inside_body']:.3f} | {r[f'{m}_dark_covered']:.3f} | "
             f"{r[f'{m}_field_dark']:.3f}" for m in ("net", "thr")) + " |")
         if "pulmonary" in rel:

@@ -43,7 +43,8 @@ HOLE_MAX_FRAC = 0.05             # holes up to this share of their lung are fill
                                  # doubted); larger ones are the liver dome or heart seen through a lung
 WEIGHTS_NAME = "lung_field.safetensors"
 RETRAIN_HINT = ("Reinstall CovidSeg Assist to restore the file, or train a new one with "
-                "scripts/train_lung_model.py --out <file>; meanwhile the threshold lung field can be used.")
+                "scripts/train_lung_model.py --out <file>; the threshold lung field needs no file.")
+MIN_AERATED_SHARE = 0.2         # of a lung component's pixels below the slice's dark (Otsu) threshold
 METHODS = ("model", "threshold")
 
 
@@ -138,19 +139,34 @@ def to_work(images01: np.ndarray, work_size: int = DEFAULT_WORK_SIZE,
 
 # --- post-processing ----------------------------------------------------------------------------------------
 
-def clean_field(mask: np.ndarray, max_lungs: int = MAX_LUNGS, min_area_frac: float = MIN_LUNG_AREA_FRAC,
-                hole_max_frac: float = HOLE_MAX_FRAC) -> np.ndarray:
+def dark_pixels(image01: np.ndarray) -> np.ndarray:
+    """Pixels at or below the slice's Otsu threshold (OpenCV, on 8 bits): air and aerated lung, as opposed to
+    tissue, in the lung window as in a stretched 8-bit image."""
+    img8 = np.round(np.clip(image01, 0, 1) * 255).astype(np.uint8)
+    t, _ = cv2.threshold(img8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return img8 <= t
+
+
+def clean_field(mask: np.ndarray, image01: np.ndarray | None = None, max_lungs: int = MAX_LUNGS,
+                min_area_frac: float = MIN_LUNG_AREA_FRAC, hole_max_frac: float = HOLE_MAX_FRAC,
+                min_aerated: float = MIN_AERATED_SHARE) -> np.ndarray:
     """At most `max_lungs` largest components above min_area_frac of the slice, with their small holes filled.
-    An empty result is a valid answer (no lung on this slice)."""
+    With the slice given, a component of which less than `min_aerated` lies below the slice's dark threshold
+    is dropped: a lung holds aerated parenchyma even when it is sick, a soft-tissue blob below the lung bases
+    does not. An empty result is a valid answer (no lung on this slice)."""
     mask = np.asarray(mask, dtype=bool)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return np.zeros_like(mask)
     areas = stats[1:, cv2.CC_STAT_AREA]
     min_area = min_area_frac * mask.size
-    keep = [1 + int(k) for k in np.argsort(areas)[::-1][:max_lungs] if areas[k] >= min_area]
+    candidates = [1 + int(k) for k in np.argsort(areas)[::-1] if areas[k] >= min_area]
+    if image01 is not None and min_aerated > 0 and candidates:
+        dark = dark_pixels(image01)
+        dark_count = np.bincount(lab[dark].ravel(), minlength=n)
+        candidates = [k for k in candidates if dark_count[k] >= min_aerated * areas[k - 1]]
     field = np.zeros_like(mask)
-    for k in keep:
+    for k in candidates[:max_lungs]:
         lung = lab == k
         filled = ndi.binary_fill_holes(lung)
         holes, nh = ndi.label(filled & ~lung)
@@ -275,7 +291,10 @@ def predict_lung_fields(model: LungNet, images01: np.ndarray, batch_size: int = 
     if images.ndim == 2:
         return predict_lung_fields(model, images[None], batch_size, threshold)[0]
     prob = predict_lung_probabilities(model, images, batch_size)
-    return np.stack([clean_field(p > threshold) for p in prob]) if len(prob) else prob.astype(bool)
+    if not len(prob):
+        return prob.astype(bool)
+    images = np.clip(np.nan_to_num(np.asarray(images, dtype=np.float32)), 0, 1)
+    return np.stack([clean_field(p > threshold, img) for p, img in zip(prob, images)])
 
 
 def threshold_lung_fields(images01: np.ndarray) -> np.ndarray:
@@ -305,7 +324,7 @@ def compute_lung_fields(images01: np.ndarray, method: str = "model", path: str |
     try:
         model = _cached_model(str(path.resolve()), str(device), _file_stamp(path))
     except LungModelError as exc:
-        warning = f"{exc.message} The threshold lung field is used instead. {exc.hint}"
+        warning = f"{exc.message} The threshold lung field is used instead. {exc.hint.split(';')[0]}."
         log.warning(warning)
         return threshold_lung_fields(images01), warning
     return predict_lung_fields(model, images01), None

@@ -287,12 +287,14 @@ def train(data: ZenodoSlices, epochs: float = 6, seed: int = 0, batch_size: int 
     return model, summary
 
 
-def save_model(model: LungNet, path: Path, summary: dict, command: str) -> Path:
+def save_model(model: LungNet, path: Path, summary: dict, command: str, commit: str | None = None) -> Path:
+    """Write the weights with the architecture options, a checksum and the provenance as metadata. `commit`:
+    the code's commit when training started (default: now)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {**model.options(), "sha256": weights_digest(tensors), "training": json.dumps(summary),
-                "command": command, "commit": git_commit(),
+                "command": command, "commit": commit or git_commit(),
                 "data": "COVID-19 CT Lung and Infection Segmentation Dataset, Ma Jun et al., Zenodo "
                         "10.5281/zenodo.3757476, CC BY 4.0 (lung masks of zenodo-dev)"}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -313,11 +315,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     volumes = [v.strip() for v in args.volumes.split(",") if v.strip()] or None
+    commit = git_commit()     # the code as it is when training starts
     data = load_zenodo(args.data, volumes)
     log.info("%d whole slices from %s", len(data.names), ", ".join(sorted(set(data.volumes))))
     model, summary = train(data, args.epochs, args.seed, args.batch_size, args.lr, args.max_minutes)
     command = "scripts/train_lung_model.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    save_model(model, args.out, summary, command)
+    save_model(model, args.out, summary, command, commit)
     log.info("wrote %s (%d parameters, %d steps, %.0fs)", args.out, summary["parameters"], summary["steps"],
              summary["train_seconds"])
     return 0

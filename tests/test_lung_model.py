@@ -130,3 +130,34 @@ def test_compute_lung_fields_uses_the_packaged_model(shared_data):
     fields, warning = compute_lung_fields(images[:2], device="cpu")
     assert warning is None
     assert dice(fields, lungs[:2]) >= 0.9
+
+
+def test_weights_ship_as_package_data():
+    """pip installs (wheels) carry covidseg_core/resources/ only when pyproject names it as package data."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["covidseg_core"]
+    assert "resources/*.safetensors" in patterns and "resources/*.md" in patterns
+    assert default_weights_path().parent == root / "covidseg_core" / "resources"
+
+
+def test_clean_field_keeps_aerated_lungs_and_drops_tissue_blobs():
+    """Two dark (aerated) lungs are kept with their small holes filled; a bright tissue blob the network might
+    call lung, a third component and specks below the minimum area are dropped."""
+    from covidseg_core.lung_model import clean_field
+
+    img = np.full((128, 128), 0.9, np.float32)              # soft tissue
+    mask = np.zeros((128, 128), bool)
+    for x0 in (10, 70):                                    # two lungs: dark, in the mask, a vessel hole each
+        img[20:100, x0:x0 + 40] = 0.3
+        mask[20:100, x0:x0 + 40] = True
+        mask[50:53, x0 + 20:x0 + 23] = False
+    mask[105:125, 40:90] = True                            # a tissue blob (below the lung bases)
+    mask[2:4, 2:4] = True                                  # a speck
+    field = clean_field(mask, img)
+    assert field[20:100, 10:50].all() and field[20:100, 70:110].all()     # holes filled
+    assert not field[105:125].any() and not field[2:4, 2:4].any()
+    # without the image (no aeration check) the blob is one of the two largest components only if it is larger
+    assert clean_field(mask).sum() == field.sum()
