@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from covidseg_core.atomic import atomic_write_text  # noqa: E402
-from covidseg_core.lung_model import (load_lung_model, parameter_count, predict_lung_fields,  # noqa: E402
+from covidseg_core.imaging.lung_model import (load_lung_model, parameter_count, predict_lung_fields,  # noqa: E402
                                       threshold_lung_fields)
 
 log = logging.getLogger("bench_lung_field")

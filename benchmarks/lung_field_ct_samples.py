@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from covidseg_core.atomic import atomic_write  # noqa: E402
 from covidseg_core.io.loader import open_study  # noqa: E402
-from covidseg_core.lung_model import load_lung_model, predict_lung_fields, threshold_lung_fields  # noqa: E402
+from covidseg_core.imaging.lung_model import load_lung_model, predict_lung_fields, threshold_lung_fields  # noqa: E402
 from covidseg_core.preprocess import to_unit_range  # noqa: E402
 
 log = logging.getLogger("bench_lung_ct")

@@ -1,4 +1,4 @@
-"""Train the lung-field network (covidseg_core.lung_model) on zenodo-dev's expert lung masks.
+"""Train the lung-field network (covidseg_core.imaging.lung_model) on zenodo-dev's expert lung masks.
 
 zenodo-dev holds each 256x256 slice as two halves (c01_0000_L.png = image-left columns 0-127, _R = 128-255);
 the whole slice is L and R side by side (checked at load time: the seam between L and R is smooth, the swapped
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from covidseg_core.atomic import atomic_write  # noqa: E402
-from covidseg_core.lung_model import (DEFAULT_WIDTHS, DEFAULT_WORK_SIZE, LungNet, padded_shape,  # noqa: E402
+from covidseg_core.imaging.lung_model import (DEFAULT_WIDTHS, DEFAULT_WORK_SIZE, LungNet, padded_shape,  # noqa: E402
                                       parameter_count, weights_digest)
 
 log = logging.getLogger("train_lung_model")

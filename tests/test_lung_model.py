@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from covidseg_core.errors import CovidSegError
-from covidseg_core.lung_model import (LungModelError, compute_lung_fields, default_weights_path, load_lung_model,
+from covidseg_core.imaging.lung_model import (LungModelError, compute_lung_fields, default_weights_path, load_lung_model,
                                       parameter_count, predict_lung_fields, threshold_lung_fields)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -62,7 +62,7 @@ def test_damaged_weights_give_a_clear_error_and_a_threshold_fallback(tmp_path, d
 
     rng = np.random.default_rng(1)
     images = np.clip(rng.normal(0.5, 0.2, (2, 64, 64)), 0, 1).astype(np.float32)
-    with caplog.at_level(logging.WARNING, logger="covidseg_core.lung_model"):
+    with caplog.at_level(logging.WARNING, logger="covidseg_core.imaging.lung_model"):
         fields, warning = compute_lung_fields(images, method="model", path=path, device="cpu")
     assert warning is not None and "threshold" in warning and str(path) in warning
     assert any("threshold" in r.getMessage() for r in caplog.records)
@@ -146,7 +146,7 @@ def test_weights_ship_as_package_data():
 def test_clean_field_keeps_aerated_lungs_and_drops_tissue_blobs():
     """Two dark (aerated) lungs are kept with their small holes filled; a bright tissue blob the network might
     call lung, a third component and specks below the minimum area are dropped."""
-    from covidseg_core.lung_model import clean_field
+    from covidseg_core.imaging.lung_model import clean_field
 
     img = np.full((128, 128), 0.9, np.float32)              # soft tissue
     mask = np.zeros((128, 128), bool)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
 
-from .errors import CovidSegError
+from ..errors import CovidSegError
 
 log = logging.getLogger(__name__)
 
