@@ -56,6 +56,13 @@ def data_fingerprint(slices) -> str:
 
 # --- the plan: what the device and the budget chose --------------------------------------------------------
 
+def new_plan(cfg: TrainConfig, dev: torch.device, native_side: int) -> Plan:
+    """A run's plan before any stage is sized: the budget, working size and width for this device."""
+    budget_s = budget_seconds(cfg.budget_minutes, dev.type == "cuda")
+    size, base = working_profile(cfg.size, cfg.base, budget_s is not None, dev.type == "cuda", native_side)
+    return Plan(budget_s=budget_s, device=dev.type, size=size, base=base)
+
+
 class _Budget:
     """The plan of one run, its clock, and the whole job's ETA. `spent_before` is budget time used by earlier
     attempts of a resumed run (stage 1 finished then), so stage 2 is planned on the same clock."""
@@ -63,12 +70,8 @@ class _Budget:
     def __init__(self, run: RunFolder, cfg: TrainConfig, dev: torch.device, native_side: int, clock, started: float):
         self.run, self.clock, self.started = run, clock, started
         recorded = run.read_json(PLAN_NAME)
-        if recorded:
-            self.plan = Plan.from_dict(recorded)
-        else:
-            budget_s = budget_seconds(cfg.budget_minutes, dev.type == "cuda")
-            size, base = working_profile(cfg.size, cfg.base, budget_s is not None, dev.type == "cuda", native_side)
-            self.plan = Plan(budget_s=budget_s, device=dev.type, size=size, base=base)
+        self.plan = Plan.from_dict(recorded) if recorded else new_plan(cfg, dev, native_side)
+        if not recorded:
             self.save()
         self.spent_before = 0.0
         stage2_sized = self.plan.budgeted and cfg.seg_epochs is None
