@@ -57,8 +57,11 @@ def data_fingerprint(slices) -> str:
 # --- the plan: what the device and the budget chose --------------------------------------------------------
 
 def new_plan(cfg: TrainConfig, dev: torch.device, native_side: int) -> Plan:
-    """A run's plan before any stage is sized: the budget, working size and width for this device."""
+    """A run's plan before any stage is sized: the budget, working size and width for this device. With both
+    stages' epochs given the budget sizes nothing, and the run is not a budgeted one (no cheaper CPU profile)."""
     budget_s = budget_seconds(cfg.budget_minutes, dev.type == "cuda")
+    if cfg.cls_epochs is not None and cfg.seg_epochs is not None:
+        budget_s = None
     size, base = working_profile(cfg.size, cfg.base, budget_s is not None, dev.type == "cuda", native_side)
     return Plan(budget_s=budget_s, device=dev.type, size=size, base=base)
 

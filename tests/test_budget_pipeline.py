@@ -144,6 +144,9 @@ def test_defaults_depend_on_the_device(monkeypatch, cuda):
     # --budget 0 / --no-budget: the fixed schedule at the full size on any device
     assert new_plan(TrainConfig(budget_minutes=0), resolve_device("auto"), 512).budget_s is None
     assert new_plan(TrainConfig(budget_minutes=0), resolve_device("auto"), 512).size == 256
+    # both stages' epochs given: the budget sizes nothing, so nothing is made cheaper either
+    assert new_plan(TrainConfig(cls_epochs=3, seg_epochs=4), resolve_device("auto"), 512) == \
+        Plan(budget_s=None, device="cuda" if cuda else "cpu", size=256, base=None)
 
 
 @pytest.mark.parametrize("value,fragment", [("-1", "must be a positive number of minutes"),
