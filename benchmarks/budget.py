@@ -1,9 +1,10 @@
 """Training on a time budget, measured: `covidseg train` with the CPU's default budget on a 300-slice study, and
 the segmenter's training speed at a few working sizes and widths (what the CPU default was chosen from).
 
-The study: 300 half slices (256x128) of zenodo-dev volumes c01 + c02, evenly spread, as an image folder of
-symbolic links in a temporary folder (images/ + labels.csv + masks/ for the report; nothing is copied). Skips
-(exit 0, a note) when ../shared/data is absent.
+The study: 300 half slices (256x128) of zenodo-dev volume c01 (one patient, like a study a user opens; the
+validation split then holds blocks of its slices), evenly spread, as an image folder of symbolic links in a
+temporary folder (images/ + labels.csv + masks/ for the report; nothing is copied). --volumes c01,c02 mixes
+patients (validation is then split by volume). Skips (exit 0, a note) when ../shared/data is absent.
 
 Usage:
   MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 MALLOC_TOP_PAD_=268435456 \\
@@ -30,7 +31,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ZENODO = Path(os.environ.get("COVIDSEG_SHARED", ROOT.parent / "shared")) / "data" / "zenodo-dev"
-VOLUMES = ("c01", "c02")
 SETTINGS = ((256, 24), (256, 16), (192, 24), (192, 16), (160, 16))   # (working size, segmenter width)
 MALLOC = dict(MALLOC_MMAP_THRESHOLD_="1000000000", MALLOC_TRIM_THRESHOLD_="1000000000",
               MALLOC_TOP_PAD_="268435456")
@@ -40,10 +40,10 @@ def load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def build_study(folder: Path, n: int) -> Path:
-    """`n` half slices of VOLUMES, evenly spread, as an image folder of symbolic links."""
+def build_study(folder: Path, n: int, volumes: list[str]) -> Path:
+    """`n` half slices of `volumes`, evenly spread, as an image folder of symbolic links."""
     with open(ZENODO / "labels.csv", newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["volume"].strip() in VOLUMES]
+        rows = [r for r in csv.DictReader(fh) if r["volume"].strip() in volumes]
     keep = [rows[round(i * (len(rows) - 1) / max(n - 1, 1))] for i in range(min(n, len(rows)))]
     for sub in ("images", "masks"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -143,6 +143,7 @@ def throughput_table(study: Path, reps: int) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--volumes", default="c01", help="zenodo-dev volumes the study is drawn from, comma-separated")
     p.add_argument("--budget", type=float, default=None, help="minutes (default: the CPU's default budget)")
     p.add_argument("--throughput", action="store_true", help="only the throughput table")
     p.add_argument("--train", action="store_true", help="only the budgeted train run")
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
     both = not (args.throughput or args.train)
     with tempfile.TemporaryDirectory(prefix="covidseg-budget-") as tmp:
         base = args.keep or Path(tmp)
-        study = build_study(base / "study", args.slices)
+        study = build_study(base / "study", args.slices, args.volumes.split(","))
         if args.throughput or both:
             throughput_table(study, args.reps)
         if args.train or both:

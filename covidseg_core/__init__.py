@@ -18,7 +18,9 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   weak/                stage 1: config, classifier_training, cam (fusion), pseudo_masks, losses, job
   seg/                 stage 2: targets (supervision, validation split), losses, training (the segmenter loop)
   results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export
+  budget.py            the time-budget planner: device defaults, the split between the stages, ETA (no torch)
   train_config.py      TrainConfig and the --fast preset (plain data, no torch)
+  throughput.py        measures both stages' training speed on their own first steps, for the planner
   pipeline.py          the `train` job: weak, then seg (which never import each other), then a report
   demo.py              the synthetic demo study
   cli/                 `covidseg`: parser, output, study/training/prediction command groups

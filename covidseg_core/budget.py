@@ -41,8 +41,8 @@ STAGE1_SHARE = 0.25
 RESERVE_FRACTION = 0.03          # margin for checkpoints, run-folder writes and measurement error
 RESERVE_MIN_S = 5.0
 MIN_SEG_STEPS = 8                # the least a too-small budget trains the segmenter for
-MIN_SEG_EPOCHS = 4               # shorter epochs below this: validation, best-checkpoint and resume points
-EVAL_FRACTION = 1.0 / 3.0        # a forward pass costs about a third of a training step (when not measured)
+MIN_SEG_EPOCHS = 4               # epoch counts tried at least (shorter epochs than one pass when few fit)
+STEP_TOLERANCE = 0.9             # more, shorter epochs are worth up to 10 % of the steps
 
 
 def budget_seconds(budget_minutes: float | None, cuda: bool) -> float | None:
@@ -99,13 +99,14 @@ class Plan:
         return self.budget_s is not None
 
 
-def plan_classifier(left_s: float, epoch_s: float, pseudo_s: float, explicit: int | None = None
-                    ) -> tuple[int, str | None]:
+def plan_classifier(left_s: float, epoch_s: float, pseudo_s: float, explicit: int | None = None,
+                    share: float = STAGE1_SHARE) -> tuple[int, str | None]:
     """(classifier epochs, warning or None) for stage 1, given the budget left (after the reserve) when it
-    starts, the measured seconds per epoch and the estimated seconds for the pseudo masks."""
+    starts, the measured seconds per epoch and the estimated seconds for the pseudo masks. `share` of the time
+    left is stage 1's (1.0 for `covidseg pseudo`, stage 1 alone)."""
     if explicit is not None:
         return int(explicit), None
-    allot = STAGE1_SHARE * left_s - pseudo_s
+    allot = share * left_s - pseudo_s
     fit = math.floor(allot / epoch_s) if epoch_s > 0 else DEFAULT_CLS_EPOCHS
     if fit < 1:
         return 1, (f"The time budget is too small for one classifier epoch (about {epoch_s:.0f} s each, "
@@ -117,22 +118,27 @@ def plan_segmenter(left_s: float, step_s: float, val_s: float, one_pass: int, ex
                    explicit_steps: int | None = None) -> tuple[int, int, str | None]:
     """(segmenter epochs, steps per epoch, warning or None) for stage 2, given the budget left when it starts
     (after the report and the reserve), the measured seconds per step, the seconds one validation pass takes
-    and the batches of one pass over the training slices. Epochs are one pass, shortened when fewer than
-    MIN_SEG_EPOCHS would fit; the budget is never planned below MIN_SEG_STEPS steps."""
+    (every epoch ends with one) and the batches of one pass over the training slices.
+
+    An epoch is at most one pass. Of the epoch counts that fit, the one that trains the most steps wins; among
+    those within STEP_TOLERANCE of it, the most epochs (more validation, best-checkpoint and resume points).
+    Never fewer than MIN_SEG_STEPS steps: a budget too small for them trains them anyway, with a warning."""
     one_pass = max(1, int(one_pass))
-    spe = min(int(explicit_steps), one_pass) if explicit_steps else one_pass
+    spe_max = min(int(explicit_steps), one_pass) if explicit_steps else one_pass
     if explicit_epochs is not None:
-        return int(explicit_epochs), spe, None
-    epochs = math.floor(left_s / (spe * step_s + val_s)) if step_s > 0 else DEFAULT_SEG_EPOCHS
-    if epochs < MIN_SEG_EPOCHS and not explicit_steps:
-        for e in range(MIN_SEG_EPOCHS, 0, -1):
-            fit = math.floor((left_s / e - val_s) / step_s)
-            if fit >= 1:
-                epochs, spe = e, min(fit, one_pass)
-                break
-    if epochs * spe >= MIN_SEG_STEPS:
+        return int(explicit_epochs), spe_max, None
+    if step_s <= 0:
+        return DEFAULT_SEG_EPOCHS, spe_max, None
+    plans = []     # (steps in all, epochs, steps per epoch)
+    for e in range(1, max(MIN_SEG_EPOCHS, math.floor(left_s / (spe_max * step_s + val_s))) + 1):
+        spe = min(spe_max, math.floor((left_s / e - val_s) / step_s))
+        if spe >= 1 and (spe == spe_max or not explicit_steps):
+            plans.append((e * spe, e, spe))
+    most = max((p[0] for p in plans), default=0)
+    if most >= MIN_SEG_STEPS:
+        epochs, spe = max((e, spe) for total, e, spe in plans if total >= STEP_TOLERANCE * most)
         return epochs, spe, None
-    spe = min(one_pass, MIN_SEG_STEPS)
+    spe = min(spe_max, MIN_SEG_STEPS)
     epochs = math.ceil(MIN_SEG_STEPS / spe)
     return epochs, spe, (f"The time budget is too small to train the segmenter (about {step_s:.1f} s per step, "
                          f"{max(left_s, 0):.0f} s left): training the minimum, {epochs * spe} steps.")
@@ -174,11 +180,12 @@ class EtaTracker:
     is not known yet (stage 2 of a fixed schedule, before it starts) makes the ETA unknown (None), except on a
     budget, where stage 2 fills the time up to the budget's end."""
 
-    def __init__(self, clock: Clock, started: float, budget_s: float | None = None):
+    def __init__(self, clock: Clock, started: float, budget_s: float | None = None, phases=PHASES):
         self.clock = clock
         self.started = started
         self.budget_s = budget_s
-        self.planned: dict[str, float | None] = {p: None for p in PHASES}
+        self.phases = tuple(phases)
+        self.planned: dict[str, float | None] = {p: None for p in self.phases}
         self._phase: str | None = None
         self._phase_start = (0.0, 0)
 
@@ -198,8 +205,8 @@ class EtaTracker:
             rest = self.planned[stage] * (1 - done / total if total else 1)
         else:
             return None
-        later = PHASES[PHASES.index(stage) + 1:]
-        if self.budget_s is not None and "segmenter" in later and self.planned["segmenter"] is None:
+        later = self.phases[self.phases.index(stage) + 1:]
+        if self.budget_s is not None and "segmenter" in later and self.planned.get("segmenter") is None:
             # stage 2 takes what stage 1 leaves: the job ends with the budget, unless stage 1 overruns it
             end = self.started + self.budget_s - now
             return max(end, rest + sum(self.planned[p] or 0.0 for p in later))

@@ -183,6 +183,52 @@ def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.devi
     return metrics
 
 
+def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", cancel: CancelToken | None = None,
+               clock=time.monotonic):
+    """Generator job for `covidseg pseudo`: stage 1 alone (weak/job.run_stage1). Without --budget it is the fixed
+    schedule (30 epochs at size 256, or what cfg gives); with one, stage 1 gets the whole budget, planned and
+    recorded in RUN/plan.json like a train run's (and reused when the same command runs again)."""
+    started = clock()
+    cancel = cancel or CancelToken()
+    dev = resolve_device(device)
+    _check_config(cfg, dev)
+    cfg = dataclasses.replace(cfg, budget_minutes=cfg.budget_minutes or 0, seg_epochs=None)
+    run = RunFolder(out)
+    recorded = run.read_json(PLAN_NAME) if run.exists() else None
+    plan = Plan.from_dict(recorded) if recorded else new_plan(cfg, dev, max(slices.images.shape[1:]))
+    eta = EtaTracker(clock, started, phases=("classifier", "pseudo"))
+    if plan.stage1 is None and (cfg.cls_epochs is not None or not plan.budgeted):
+        plan.stage1 = {"how": "explicit" if cfg.cls_epochs else "fixed",
+                       "epochs": cfg.cls_epochs or DEFAULT_CLS_EPOCHS}
+    elif plan.stage1 is None:
+        probe_cfg = dataclasses.replace(cfg, size=plan.size, cls_epochs=1)
+        costs = yield from relay(stage1_costs(slices, stage1_config(probe_cfg, dev), cancel, clock))
+        left = plan.budget_s - (clock() - started) - reserve_seconds(plan.budget_s)
+        epochs, warning = plan_classifier(left, costs["epoch_s"], costs["pseudo_s"], share=1.0)
+        plan.stage1 = {"how": "budget", "epochs": epochs, "epoch_s": round(costs["epoch_s"], 3),
+                       "classifier_s": round(epochs * costs["epoch_s"], 1), "pseudo_s": round(costs["pseudo_s"], 1)}
+        if warning:
+            plan.warnings.append(warning)
+            yield Message(warning, "warning")
+    for phase in ("classifier", "pseudo"):
+        eta.plan(phase, plan.stage1.get(f"{phase}_s"))
+
+    written = [False]
+
+    def record_and_eta(event) -> None:
+        # run_stage1 makes the run folder before its first event: the plan is written into it then
+        if not written[0] and run.exists():
+            run.write_json(PLAN_NAME, plan.to_dict())
+            written[0] = True
+        if isinstance(event, Progress):
+            event.eta_s = eta.eta(event.stage, event.done, event.total)
+    s1 = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=plan.stage1["epochs"]), dev)
+    metrics = yield from relay(run_stage1(slices, run.path, s1, cancel), record_and_eta)
+    metrics = {**(metrics or {}), "plan": {**plan.to_dict(), "actual_s": {"total": round(clock() - started, 1)}}}
+    run.write_json(METRICS_NAME, metrics)
+    yield Done(metrics)
+
+
 def _gt_report(model_run: RunFolder, slices, targets, has_target, source, val_idx, device, cancel):
     """Reporting only: the segmenter's and the pseudo masks' agreement with the data set's ground truth."""
     have = np.flatnonzero(slices.has_gt) if slices.has_gt is not None else np.zeros(0, int)

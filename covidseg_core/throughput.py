@@ -10,10 +10,11 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from .budget import EVAL_FRACTION, Clock, seconds_per_item
+from .budget import Clock, seconds_per_item
 from .events import CancelToken, EpochReport, Progress
 from .runs import RunFolder
-from .seg.training import SegmenterData, train_segmenter
+from .models.segmenter import build_from_spec
+from .seg.training import SegmenterData, evaluate_loss, train_segmenter
 from .weak.config import Stage1Config
 from .weak.job import run_stage1
 
@@ -63,8 +64,8 @@ def stage1_costs(slices, config: Stage1Config, cancel: CancelToken, clock: Clock
 
 def stage2_costs(data: SegmenterData, cfg, device, cancel: CancelToken, clock: Clock, batch_size: int):
     """Generator: seconds per segmenter training step, timed on SEG_TIMED_STEPS real steps after a warm-up one
-    (a scratch folder, steps capped so no epoch ends), and the estimated seconds per slice of a forward pass
-    (validation, the final report). Returns {"step_s": ..., "eval_slice_s": ...}."""
+    (a scratch folder, steps capped so no epoch ends), and seconds per slice of a validation pass (the final
+    report's prediction is taken to cost the same). Returns {"step_s": ..., "eval_slice_s": ...}."""
     yield Progress("plan", 1, 2, "measuring the segmenter's speed")
     n = SEG_WARMUP_STEPS + SEG_TIMED_STEPS
     probe_cfg = dataclasses.replace(cfg, seg_epochs=1, steps_per_epoch=n)
@@ -75,5 +76,18 @@ def stage2_costs(data: SegmenterData, cfg, device, cancel: CancelToken, clock: C
                  if isinstance(ev, (Progress, EpochReport)))
         step_s = seconds_per_item(steps, SEG_TIMED_STEPS, SEG_WARMUP_STEPS, clock)
     yield Progress("plan", 2, 2, "measuring the segmenter's speed")
-    per_slice = step_s / max(1, min(batch_size, len(data.train_idx)))
-    return {"step_s": step_s, "eval_slice_s": per_slice * EVAL_FRACTION}
+    return {"step_s": step_s, "eval_slice_s": _eval_slice_seconds(data, cfg, device, cancel, clock, batch_size)}
+
+
+def _eval_slice_seconds(data: SegmenterData, cfg, device, cancel: CancelToken, clock: Clock,
+                        batch_size: int) -> float:
+    """Seconds per slice of the validation pass (seg/training.evaluate_loss, batches of 2 x batch size as the
+    loop runs it; the final report's prediction costs about the same), timed after a warm-up batch."""
+    model = build_from_spec(cfg.model_spec()).to(device)
+    idx = data.val_idx if len(data.val_idx) else data.train_idx
+    bs = 2 * batch_size
+    evaluate_loss(model, data, idx[:bs], device, bs, cancel)         # warm-up
+    timed = idx[:bs]
+    start = clock()
+    evaluate_loss(model, data, timed, device, bs, cancel)
+    return (clock() - start) / max(1, len(timed))

@@ -64,6 +64,12 @@ def test_stage2_fills_what_is_left_with_one_pass_epochs():
     # little time: shorter epochs so the run still has MIN_SEG_EPOCHS validation / resume points
     epochs, spe, _ = B.plan_segmenter(left_s=60.0, step_s=1.0, val_s=2.0, one_pass=30)
     assert epochs == B.MIN_SEG_EPOCHS and spe < 30 and epochs * (spe + 2.0) <= 60.0
+    # a large held-out set (validation ends every epoch): no feasible plan trains 10 % more steps than the chosen
+    for left, step, val, one_pass in ((250.0, 4.0, 28.0, 17), (60.0, 1.0, 2.0, 30), (1000.0, 0.5, 40.0, 50)):
+        epochs, spe, _ = B.plan_segmenter(left, step, val, one_pass)
+        assert spe <= one_pass and epochs * (spe * step + val) <= left
+        feasible = [e * s for e in range(1, 200) for s in range(1, one_pass + 1) if e * (s * step + val) <= left]
+        assert max(feasible) <= epochs * spe / B.STEP_TOLERANCE
     # an explicit cap on steps per epoch is kept
     epochs, spe, _ = B.plan_segmenter(left_s=300.0, step_s=1.0, val_s=0.0, one_pass=30, explicit_steps=10)
     assert spe == 10 and epochs == 30

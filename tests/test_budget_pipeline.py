@@ -39,13 +39,6 @@ class TickingClock:
         return self.t
 
 
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("budget") / "study"
-    write_demo(out, n_slices=16, size=64)
-    return out
-
-
 def budgeted(**overrides) -> TrainConfig:
     return TrainConfig(**{**dict(budget_minutes=1.0, base=8, batch_size=4, lr=5e-3), **overrides})
 
@@ -190,3 +183,23 @@ def test_covidseg_train_on_the_demo_with_a_small_budget(tmp_path, capsys):
         assert (plan["size"], plan["base"]) == (64, CPU_BASE)    # never above the slices' own size
     assert out["plan"]["stage2"]["epochs"] == plan["stage2"]["epochs"]
     assert len(RunFolder(run).read_epochs("segmenter")) == plan["stage2"]["epochs"]
+
+
+def test_covidseg_pseudo_on_a_budget_records_its_plan_and_reuses_it(tmp_path, capsys):
+    from covidseg_core.pipeline import pseudo_job
+    from covidseg_core.data import load_slice_set
+
+    demo, run = tmp_path / "demo", tmp_path / "run"
+    write_demo(demo, n_slices=12, size=48)
+    assert cli.main(["-q", "pseudo", "--data", str(demo), "--out", str(run), "--budget", "0.2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    plan = _plan(run)
+    assert plan["stage1"]["how"] == "budget" and plan["stage1"]["epochs"] >= 1 and plan["stage2"] is None
+    assert out["plan"]["stage1"]["epochs"] == plan["stage1"]["epochs"] == out["classifier"]["epochs"]
+    assert len(list((run / "pseudo").glob("*.png"))) == 12
+    # the same command again reads the plan back instead of measuring
+    events = []
+    drive(pseudo_job(load_slice_set(demo), run, TrainConfig(budget_minutes=0.2), device="cpu",
+                     clock=TickingClock(tick=100.0)), events.append)
+    assert not [e for e in events if isinstance(e, Progress) and e.stage == "plan"]
+    assert _plan(run) == plan

@@ -78,14 +78,11 @@ def cmd_train(args) -> int:
 
 def cmd_pseudo(args) -> int:
     from ..data import load_slice_set
-    from ..infer.device import resolve_device
-    from ..pipeline import stage1_config
-    from ..weak.job import run_stage1
+    from ..pipeline import pseudo_job
 
     cfg = _train_config(args, seg=False)
-    device = resolve_device(args.device)
     slices = load_slice_set(args.data, args.labels)
-    metrics = run_job(run_stage1(slices, args.out, stage1_config(cfg, device), None), quiet=args.quiet)
+    metrics = run_job(pseudo_job(slices, args.out, cfg, device=args.device), quiet=args.quiet)
     print_json({"run": str(args.out), **(metrics or {})})
     return 0
 
@@ -93,6 +90,10 @@ def cmd_pseudo(args) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pseudo", help="stage 1 alone: labels -> classifier -> fused CAMs -> pseudo masks")
     _add_stage1_options(p)
+    p.add_argument("--budget", type=budget_minutes, default=None, metavar="MINUTES",
+                   help="train the classifier for about MINUTES in all, pseudo masks included (measured on its "
+                   "first epoch, at size 192 on a CPU unless --size is given; --cls-epochs wins). Default: no "
+                   "budget, the fixed 30 epochs at size 256")
     p.set_defaults(func=cmd_pseudo)
 
     t = sub.add_parser("train", help="labels -> classifier -> fused CAMs -> pseudo masks -> segmenter "
