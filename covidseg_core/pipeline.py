@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .budget import (DEFAULT_CLS_EPOCHS, DEFAULT_SEG_EPOCHS, EtaTracker, Plan, budget_seconds, plan_classifier,
-                     plan_segmenter, reserve_seconds, working_profile)
+from .budget import (DEFAULT_CLS_EPOCHS, DEFAULT_SEG_EPOCHS, STAGE1_SHARE, EtaTracker, Plan, budget_seconds,
+                     plan_classifier, plan_segmenter, reserve_seconds, working_profile)
 from .constants import FUSION_MODES, IGNORE
 from .data import load_slice_set
 from .errors import InputError
@@ -64,6 +64,28 @@ def new_plan(cfg: TrainConfig, dev: torch.device, native_side: int) -> Plan:
         budget_s = None
     size, base = working_profile(cfg.size, cfg.base, budget_s is not None, dev.type == "cuda", native_side)
     return Plan(budget_s=budget_s, device=dev.type, size=size, base=base)
+
+
+def _warn(plan: Plan, warning: str | None):
+    if warning:
+        plan.warnings.append(warning)
+        yield Message(warning, "warning")
+
+
+def decide_stage1(plan: Plan, slices, cfg: TrainConfig, dev: torch.device, cancel: CancelToken, clock, left,
+                  share: float = STAGE1_SHARE):
+    """Generator: sets plan.stage1, the classifier's epochs: explicit, the fixed schedule, or (on a budget)
+    measured on one real epoch and fitted into `share` of `left()` seconds."""
+    if cfg.cls_epochs is not None or not plan.budgeted:
+        plan.stage1 = {"how": "explicit" if cfg.cls_epochs is not None else "fixed",
+                       "epochs": cfg.cls_epochs or DEFAULT_CLS_EPOCHS}
+        return
+    probe_cfg = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=1), dev)
+    costs = yield from relay(stage1_costs(slices, probe_cfg, cancel, clock))
+    epochs, warning = plan_classifier(left(), costs["epoch_s"], costs["pseudo_s"], share=share)
+    plan.stage1 = {"how": "budget", "epochs": epochs, "epoch_s": round(costs["epoch_s"], 3),
+                   "classifier_s": round(epochs * costs["epoch_s"], 1), "pseudo_s": round(costs["pseudo_s"], 1)}
+    yield from _warn(plan, warning)
 
 
 class _Budget:
@@ -107,22 +129,11 @@ class _Budget:
 
     def plan_stage1(self, slices, cfg: TrainConfig, dev: torch.device, cancel: CancelToken):
         """Generator: decides (unless recorded) and records the classifier's epochs."""
-        if self.plan.stage1 is not None:
-            return
-        if cfg.cls_epochs is not None or not self.plan.budgeted:
-            how = "explicit" if cfg.cls_epochs is not None else "fixed"
-            self.plan.stage1 = {"how": how, "epochs": cfg.cls_epochs or DEFAULT_CLS_EPOCHS}
-        else:
-            probe_cfg = stage1_config(dataclasses.replace(self.resolved(cfg), cls_epochs=1), dev)
-            costs = yield from relay(stage1_costs(slices, probe_cfg, cancel, self.clock))
-            epochs, warning = plan_classifier(self.left(), costs["epoch_s"], costs["pseudo_s"])
-            self.plan.stage1 = {"how": "budget", "epochs": epochs, "epoch_s": round(costs["epoch_s"], 3),
-                                "classifier_s": round(epochs * costs["epoch_s"], 1),
-                                "pseudo_s": round(costs["pseudo_s"], 1)}
-            yield from self._warn(warning)
+        if self.plan.stage1 is None:
+            yield from decide_stage1(self.plan, slices, cfg, dev, cancel, self.clock, self.left)
             for phase in ("classifier", "pseudo"):
-                self.eta.plan(phase, self.plan.stage1[f"{phase}_s"])
-        self.save()
+                self.eta.plan(phase, self.plan.stage1.get(f"{phase}_s"))
+            self.save()
 
     def plan_stage2(self, seg_data, cfg: TrainConfig, dev: torch.device, cancel: CancelToken, n_report: int):
         """Generator: decides (unless recorded) and records the segmenter's epochs and steps per epoch."""
@@ -144,15 +155,10 @@ class _Budget:
                                 "step_s": round(costs["step_s"], 4),
                                 "segmenter_s": round(epochs * (spe * costs["step_s"] + val_s), 1),
                                 "predict_s": round(report_s, 1), "started_at_s": round(self.elapsed(), 1)}
-            yield from self._warn(warning)
+            yield from _warn(self.plan, warning)
             for phase in ("segmenter", "predict"):
                 self.eta.plan(phase, self.plan.stage2[f"{phase}_s"])
         self.save()
-
-    def _warn(self, warning: str | None):
-        if warning:
-            self.plan.warnings.append(warning)
-            yield Message(warning, "warning")
 
     def summary(self, stage1_s: float | None, stage2_s: float) -> dict:
         """What metrics.json says the budget chose, with the seconds each stage took in this attempt."""
@@ -197,19 +203,10 @@ def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", 
     recorded = run.read_json(PLAN_NAME) if run.exists() else None
     plan = Plan.from_dict(recorded) if recorded else new_plan(cfg, dev, max(slices.images.shape[1:]))
     eta = EtaTracker(clock, started, phases=("classifier", "pseudo"))
-    if plan.stage1 is None and (cfg.cls_epochs is not None or not plan.budgeted):
-        plan.stage1 = {"how": "explicit" if cfg.cls_epochs else "fixed",
-                       "epochs": cfg.cls_epochs or DEFAULT_CLS_EPOCHS}
-    elif plan.stage1 is None:
-        probe_cfg = dataclasses.replace(cfg, size=plan.size, cls_epochs=1)
-        costs = yield from relay(stage1_costs(slices, stage1_config(probe_cfg, dev), cancel, clock))
-        left = plan.budget_s - (clock() - started) - reserve_seconds(plan.budget_s)
-        epochs, warning = plan_classifier(left, costs["epoch_s"], costs["pseudo_s"], share=1.0)
-        plan.stage1 = {"how": "budget", "epochs": epochs, "epoch_s": round(costs["epoch_s"], 3),
-                       "classifier_s": round(epochs * costs["epoch_s"], 1), "pseudo_s": round(costs["pseudo_s"], 1)}
-        if warning:
-            plan.warnings.append(warning)
-            yield Message(warning, "warning")
+    if plan.stage1 is None:
+        def left() -> float:
+            return plan.budget_s - (clock() - started) - reserve_seconds(plan.budget_s)
+        yield from decide_stage1(plan, slices, cfg, dev, cancel, clock, left, share=1.0)
     for phase in ("classifier", "pseudo"):
         eta.plan(phase, plan.stage1.get(f"{phase}_s"))
 
