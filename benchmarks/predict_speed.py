@@ -30,6 +30,7 @@ from covidseg_core.infer.model import load_run_model  # noqa: E402
 from covidseg_core.infer.predict import predict_job, predict_probabilities  # noqa: E402
 from covidseg_core.models.segmenter import build_from_spec  # noqa: E402
 from covidseg_core.runs import BEST, RunFolder  # noqa: E402
+from covidseg_core.budget import FULL_SIZE  # noqa: E402
 from covidseg_core.train_config import TrainConfig, fast_config  # noqa: E402
 
 log = logging.getLogger("predict_speed")
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     vol = args.out / f"synthetic_{args.slices}x{args.image}.nii.gz"
     make_volume(vol, args.slices, args.image)
-    cfg = TrainConfig() if args.preset == "default" else fast_config()
+    cfg = TrainConfig(size=FULL_SIZE) if args.preset == "default" else fast_config()
     run = args.out / f"run_{args.preset}"
     make_run(run, cfg)
     results = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "preset": args.preset,

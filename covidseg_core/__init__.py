@@ -18,7 +18,9 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   weak/                stage 1: config, classifier_training, cam (fusion), pseudo_masks, losses, job
   seg/                 stage 2: targets (supervision, validation split), losses, training (the segmenter loop)
   results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export
+  budget.py            the time-budget planner: device defaults, the split between the stages, ETA (no torch)
   train_config.py      TrainConfig and the --fast preset (plain data, no torch)
+  throughput.py        measures both stages' training speed on their own first steps, for the planner
   pipeline.py          the `train` job: weak, then seg (which never import each other), then a report
   phantom/             a synthetic chest CT with COVID-19 lesions (anatomy, vessel trees, lesions, scanner)
   demo.py              the synthetic demo study (the phantom written as NIfTI + image folder)

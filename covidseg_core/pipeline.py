@@ -4,30 +4,39 @@ joins them, through the run folder (the pseudo masks stage 1 writes are what sta
 
 One run folder holds it all (runs.py) and the job is resumable: re-running the same command on the same RUN
 skips a finished stage 1 and continues the segmenter from its last checkpoint (seg/training.py).
+
+Sizing (budget.py): the device and the time budget decide what TrainConfig left open (working size, width,
+epochs of each stage); each stage is planned when it starts, from its measured speed (throughput.py), and the
+plan is written to RUN/plan.json at once, so a resumed run trains to the same plan.
 Ground-truth masks of the data set (`masks/`) are for reporting only and never reach the loss, the validation
 loss or the checkpoint choice (seg/targets.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .budget import (DEFAULT_CLS_EPOCHS, DEFAULT_SEG_EPOCHS, STAGE1_SHARE, EtaTracker, Plan, budget_seconds,
+                     plan_classifier, plan_segmenter, reserve_seconds, working_profile)
 from .constants import FUSION_MODES, IGNORE
 from .data import load_slice_set
 from .errors import InputError
-from .events import CancelToken, Done, Message, relay
+from .events import CancelToken, Done, Message, Progress, relay
 from .infer.device import resolve_device
 from .infer.model import load_run_model
 from .infer.predict import predict_masks
 from .results.metrics import summarize
-from .runs import METRICS_NAME, STAGE1_DONE_NAME, RunFolder
+from .runs import METRICS_NAME, PLAN_NAME, STAGE1_DONE_NAME, RunFolder
 from .seg.targets import build_targets, split_validation
 from .seg.training import prepare_segmenter_data, train_segmenter
+from .throughput import stage1_costs, stage2_costs
 from .train_config import TrainConfig
 from .weak.config import Stage1Config
 from .weak.job import run_stage1
@@ -45,24 +54,176 @@ def data_fingerprint(slices) -> str:
     return h.hexdigest()
 
 
+# --- the plan: what the device and the budget chose --------------------------------------------------------
+
+def new_plan(cfg: TrainConfig, dev: torch.device, native_side: int) -> Plan:
+    """A run's plan before any stage is sized: the budget, working size and width for this device. With both
+    stages' epochs given the budget sizes nothing, and the run is not a budgeted one (no cheaper CPU profile)."""
+    budget_s = budget_seconds(cfg.budget_minutes, dev.type == "cuda")
+    if cfg.cls_epochs is not None and cfg.seg_epochs is not None:
+        budget_s = None
+    size, base = working_profile(cfg.size, cfg.base, budget_s is not None, dev.type == "cuda", native_side)
+    return Plan(budget_s=budget_s, device=dev.type, size=size, base=base)
+
+
+def _warn(plan: Plan, warning: str | None):
+    if warning:
+        plan.warnings.append(warning)
+        yield Message(warning, "warning")
+
+
+def decide_stage1(plan: Plan, slices, cfg: TrainConfig, dev: torch.device, cancel: CancelToken, clock, left,
+                  share: float = STAGE1_SHARE):
+    """Generator: sets plan.stage1, the classifier's epochs: explicit, the fixed schedule, or (on a budget)
+    measured on one real epoch and fitted into `share` of `left()` seconds."""
+    if cfg.cls_epochs is not None or not plan.budgeted:
+        plan.stage1 = {"how": "explicit" if cfg.cls_epochs is not None else "fixed",
+                       "epochs": cfg.cls_epochs or DEFAULT_CLS_EPOCHS}
+        return
+    probe_cfg = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=1), dev)
+    costs = yield from relay(stage1_costs(slices, probe_cfg, cancel, clock))
+    epochs, warning = plan_classifier(left(), costs["epoch_s"], costs["pseudo_s"], share=share)
+    plan.stage1 = {"how": "budget", "epochs": epochs, "epoch_s": round(costs["epoch_s"], 3),
+                   "classifier_s": round(epochs * costs["epoch_s"], 1), "pseudo_s": round(costs["pseudo_s"], 1)}
+    yield from _warn(plan, warning)
+
+
+class _Budget:
+    """The plan of one run, its clock, and the whole job's ETA. `spent_before` is budget time used by earlier
+    attempts of a resumed run (stage 1 finished then), so stage 2 is planned on the same clock."""
+
+    def __init__(self, run: RunFolder, cfg: TrainConfig, dev: torch.device, native_side: int, clock, started: float):
+        self.run, self.clock, self.started = run, clock, started
+        recorded = run.read_json(PLAN_NAME)
+        self.plan = Plan.from_dict(recorded) if recorded else new_plan(cfg, dev, native_side)
+        if not recorded:
+            self.save()
+        self.spent_before = 0.0
+        stage2_sized = self.plan.budgeted and cfg.seg_epochs is None
+        self.eta = EtaTracker(clock, started, self.plan.budget_s if stage2_sized else None)
+        for key, phases in (("stage1", ("classifier", "pseudo")), ("stage2", ("segmenter", "predict"))):
+            for phase in phases:
+                self.eta.plan(phase, (getattr(self.plan, key) or {}).get(f"{phase}_s"))
+
+    def save(self) -> None:
+        self.run.write_json(PLAN_NAME, self.plan.to_dict())
+
+    def elapsed(self) -> float:
+        return self.spent_before + self.clock() - self.started
+
+    def left(self, *minus: float) -> float:
+        return self.plan.budget_s - self.elapsed() - reserve_seconds(self.plan.budget_s) - sum(minus)
+
+    def with_eta(self, event) -> None:
+        """relay's on_event: every Progress of the job carries the whole job's ETA."""
+        if isinstance(event, Progress):
+            event.eta_s = self.eta.eta(event.stage, event.done, event.total)
+
+    def resolved(self, cfg: TrainConfig) -> TrainConfig:
+        """cfg with what the plan chose filled in: what the stages train with."""
+        s1, s2 = self.plan.stage1 or {}, self.plan.stage2 or {}
+        return dataclasses.replace(cfg, size=self.plan.size, base=self.plan.base,
+                                   cls_epochs=s1.get("epochs", cfg.cls_epochs),
+                                   seg_epochs=s2.get("epochs", cfg.seg_epochs),
+                                   steps_per_epoch=s2.get("steps_per_epoch", cfg.steps_per_epoch))
+
+    def plan_stage1(self, slices, cfg: TrainConfig, dev: torch.device, cancel: CancelToken):
+        """Generator: decides (unless recorded) and records the classifier's epochs."""
+        if self.plan.stage1 is None:
+            yield from decide_stage1(self.plan, slices, cfg, dev, cancel, self.clock, self.left)
+            for phase in ("classifier", "pseudo"):
+                self.eta.plan(phase, self.plan.stage1.get(f"{phase}_s"))
+            self.save()
+
+    def plan_stage2(self, seg_data, cfg: TrainConfig, dev: torch.device, cancel: CancelToken, n_report: int):
+        """Generator: decides (unless recorded) and records the segmenter's epochs and steps per epoch."""
+        if self.plan.stage2 is not None:
+            return
+        bs = max(1, min(cfg.batch_size, len(seg_data.train_idx)))
+        one_pass = max(1, math.ceil(len(seg_data.train_idx) / bs))
+        spe = min(cfg.steps_per_epoch or one_pass, one_pass)
+        if cfg.seg_epochs is not None or not self.plan.budgeted:
+            how = "explicit" if cfg.seg_epochs is not None else "fixed"
+            self.plan.stage2 = {"how": how, "epochs": cfg.seg_epochs or DEFAULT_SEG_EPOCHS, "steps_per_epoch": spe}
+        else:
+            costs = yield from relay(stage2_costs(seg_data, self.resolved(cfg), dev, cancel, self.clock, bs))
+            val_s = costs["eval_slice_s"] * len(seg_data.val_idx)
+            report_s = costs["eval_slice_s"] * n_report
+            epochs, spe, warning = plan_segmenter(self.left(report_s), costs["step_s"], val_s, one_pass,
+                                                  explicit_steps=cfg.steps_per_epoch)
+            self.plan.stage2 = {"how": "budget", "epochs": epochs, "steps_per_epoch": spe,
+                                "step_s": round(costs["step_s"], 4),
+                                "segmenter_s": round(epochs * (spe * costs["step_s"] + val_s), 1),
+                                "predict_s": round(report_s, 1), "started_at_s": round(self.elapsed(), 1)}
+            yield from _warn(self.plan, warning)
+            for phase in ("segmenter", "predict"):
+                self.eta.plan(phase, self.plan.stage2[f"{phase}_s"])
+        self.save()
+
+    def summary(self, stage1_s: float | None, stage2_s: float) -> dict:
+        """What metrics.json says the budget chose, with the seconds each stage took in this attempt."""
+        return {**self.plan.to_dict(), "actual_s": {"stage1": None if stage1_s is None else round(stage1_s, 1),
+                                                    "stage2": round(stage2_s, 1),
+                                                    "total": round(self.elapsed(), 1)}}
+
+
 # --- the whole job -----------------------------------------------------------------------------------------
 
 def stage1_config(cfg: TrainConfig, device: torch.device) -> Stage1Config:
-    """The stage-1 options of a `train` run."""
+    """The stage-1 options of a `train` run (cfg as the plan resolved it)."""
     return Stage1Config(fusion=cfg.fusion, size=cfg.size, cls_epochs=cfg.cls_epochs, seed=cfg.seed,
                         device=str(device.type))
 
 
-def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.device, cancel: CancelToken):
+def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.device, cancel: CancelToken,
+                    on_event=None):
     """Generator: stage 1 into RUN/ unless a finished stage 1 is there already; returns its metrics."""
     done = run.read_json(STAGE1_DONE_NAME)
     if done is not None and done.get("finished"):
         yield Message("stage 1 already finished in this run: reusing its pseudo masks")
         return done.get("metrics") or {}
-    metrics = yield from relay(run_stage1(slices, run.path, stage1_config(cfg, device), cancel, log_epochs=True))
+    metrics = yield from relay(run_stage1(slices, run.path, stage1_config(cfg, device), cancel, log_epochs=True),
+                               on_event)
     metrics = metrics or {}
     run.write_json(STAGE1_DONE_NAME, {"finished": True, "metrics": metrics})
     return metrics
+
+
+def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", cancel: CancelToken | None = None,
+               clock=time.monotonic):
+    """Generator job for `covidseg pseudo`: stage 1 alone (weak/job.run_stage1). Without --budget it is the fixed
+    schedule (30 epochs at size 256, or what cfg gives); with one, stage 1 gets the whole budget, planned and
+    recorded in RUN/plan.json like a train run's (and reused when the same command runs again)."""
+    started = clock()
+    cancel = cancel or CancelToken()
+    dev = resolve_device(device)
+    _check_config(cfg, dev)
+    cfg = dataclasses.replace(cfg, budget_minutes=cfg.budget_minutes or 0, seg_epochs=None)
+    run = RunFolder(out)
+    recorded = run.read_json(PLAN_NAME) if run.exists() else None
+    plan = Plan.from_dict(recorded) if recorded else new_plan(cfg, dev, max(slices.images.shape[1:]))
+    eta = EtaTracker(clock, started, phases=("classifier", "pseudo"))
+    if plan.stage1 is None:
+        def left() -> float:
+            return plan.budget_s - (clock() - started) - reserve_seconds(plan.budget_s)
+        yield from decide_stage1(plan, slices, cfg, dev, cancel, clock, left, share=1.0)
+    for phase in ("classifier", "pseudo"):
+        eta.plan(phase, plan.stage1.get(f"{phase}_s"))
+
+    written = [False]
+
+    def record_and_eta(event) -> None:
+        # run_stage1 makes the run folder before its first event: the plan is written into it then
+        if not written[0] and run.exists():
+            run.write_json(PLAN_NAME, plan.to_dict())
+            written[0] = True
+        if isinstance(event, Progress):
+            event.eta_s = eta.eta(event.stage, event.done, event.total)
+    s1 = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=plan.stage1["epochs"]), dev)
+    metrics = yield from relay(run_stage1(slices, run.path, s1, cancel), record_and_eta)
+    metrics = {**(metrics or {}), "plan": {**plan.to_dict(), "actual_s": {"total": round(clock() - started, 1)}}}
+    run.write_json(METRICS_NAME, metrics)
+    yield Done(metrics)
 
 
 def _gt_report(model_run: RunFolder, slices, targets, has_target, source, val_idx, device, cancel):
@@ -86,22 +247,30 @@ def _gt_report(model_run: RunFolder, slices, targets, has_target, source, val_id
     return report
 
 
-def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None, device: str = "auto",
-              cancel: CancelToken | None = None, labels_csv: str | Path | None = None, slices=None):
-    """Generator job for `covidseg train`: yields Progress / Message / EpochReport, ends with Done(metrics).
-
-    `slices` may pass an already loaded SliceSet (the app does); otherwise `data` is read with load_slice_set.
-    """
-    cfg = cfg or TrainConfig()
-    cancel = cancel or CancelToken()
-    started = time.monotonic()
-    dev = resolve_device(device)
-    if cfg.seg_epochs < 1 or cfg.cls_epochs < 1:
+def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
+    """Options that cannot work, before anything is read or written."""
+    if any(e is not None and e < 1 for e in (cfg.cls_epochs, cfg.seg_epochs)):
         raise InputError("--cls-epochs and --seg-epochs must be at least 1.")
     if cfg.fusion not in FUSION_MODES:
         raise InputError(f"Unknown fusion '{cfg.fusion}'.", "Use avg, max or none.")
     if cfg.pixel_labels and not Path(cfg.pixel_labels).is_dir():
         raise InputError(f"--pixel-labels folder {cfg.pixel_labels} does not exist.", "Check the path.")
+    budget_seconds(cfg.budget_minutes, dev.type == "cuda")     # a negative or non-finite budget is an InputError
+
+
+def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None, device: str = "auto",
+              cancel: CancelToken | None = None, labels_csv: str | Path | None = None, slices=None,
+              clock=time.monotonic):
+    """Generator job for `covidseg train`: yields Progress / Message / EpochReport, ends with Done(metrics).
+
+    `slices` may pass an already loaded SliceSet (the app does); otherwise `data` is read with load_slice_set.
+    `clock` (seconds) times the budget and the ETA; tests pass a fake one.
+    """
+    cfg = cfg or TrainConfig()
+    cancel = cancel or CancelToken()
+    started = clock()
+    dev = resolve_device(device)
+    _check_config(cfg, dev)
     if slices is None:
         yield Message(f"reading {data}")
         slices = load_slice_set(data, labels_csv)
@@ -125,7 +294,21 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
         yield Done(final)
         return
 
-    stage1_metrics = yield from run_stage1_once(slices, run, cfg, dev, cancel)
+    budget = _Budget(run, cfg, dev, max(slices.images.shape[1:]), clock, started)
+    if cfg.cls_epochs is not None and cfg.seg_epochs is not None and cfg.budget_minutes:
+        yield Message("--cls-epochs and --seg-epochs are both given: the time budget sizes nothing")
+    stage1_done = bool((run.read_json(STAGE1_DONE_NAME) or {}).get("finished"))
+    if stage1_done:
+        budget.spent_before = float((budget.plan.stage1 or {}).get("ended_at_s", 0.0))
+    stage1_start = budget.elapsed()
+    yield from budget.plan_stage1(slices, cfg, dev, cancel)
+    stage1_metrics = yield from run_stage1_once(slices, run, budget.resolved(cfg), dev, cancel, budget.with_eta)
+    stage1_s = None if stage1_done else budget.elapsed() - stage1_start
+    if not stage1_done:
+        budget.plan.stage1["ended_at_s"] = round(budget.elapsed(), 1)
+        budget.save()
+
+    stage2_start = budget.elapsed()
     pixel_dir = Path(cfg.pixel_labels) if cfg.pixel_labels else None
     targets, has_target, source = build_targets(slices, run.pseudo_dir, pixel_dir)
     n_pixel = source.count("pixel")
@@ -134,12 +317,17 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     has_fg = np.array([(t == 1).any() for t in targets])
     train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has_target), cfg.val_fraction, cfg.seed,
                                           has_fg, always_train=np.array([src == "pixel" for src in source]))
-    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, cfg.size)
-    seg_summary = yield from train_segmenter(seg_data, cfg, run, dev, cancel)
-    report = yield from _gt_report(run, slices, targets, has_target, source, val_idx, dev, cancel)
-    metrics = {"complete": True, "device": str(dev), "seconds": round(time.monotonic() - started, 2),
+    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, budget.plan.size)
+    n_report = int(slices.has_gt.sum()) if slices.has_gt is not None else 0
+    yield from budget.plan_stage2(seg_data, cfg, dev, cancel, n_report)
+    seg_summary = yield from relay(train_segmenter(seg_data, budget.resolved(cfg), run, dev, cancel),
+                                   budget.with_eta)
+    report = yield from relay(_gt_report(run, slices, targets, has_target, source, val_idx, dev, cancel),
+                              budget.with_eta)
+    metrics = {"complete": True, "device": str(dev), "seconds": round(clock() - started, 2),
                "stage1": stage1_metrics, "segmenter": {**seg_summary, "n_pixel_labelled": n_pixel,
                                                        "n_pseudo": source.count("pseudo")},
+               "plan": budget.summary(stage1_s, budget.elapsed() - stage2_start),
                "ground_truth_report": report}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)
@@ -147,11 +335,15 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
 
 def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainConfig, device: str = "auto",
                      cancel: CancelToken | None = None, note: str = "given targets",
-                     always_train: np.ndarray | None = None):
+                     always_train: np.ndarray | None = None, clock=time.monotonic):
     """Generator job: the segmenter alone on given per-slice targets (n, H, W) 0/1/255, into run folder `out`
-    (resumable like train_job). For full supervision on reviewed masks, benchmarks and self-training rounds.
-    `always_train` (bool per slice) keeps those slices out of the validation split."""
+    (resumable like train_job, sized like its stage 2: a budget goes to the segmenter whole). For full
+    supervision on reviewed masks, benchmarks and self-training rounds. `always_train` (bool per slice) keeps
+    those slices out of the validation split."""
+    started = clock()
+    cancel = cancel or CancelToken()
     dev = resolve_device(device)
+    _check_config(cfg, dev)
     run = RunFolder(out)
     has = np.array([(t != IGNORE).any() for t in targets])
     h = hashlib.sha1(data_fingerprint(slices).encode())
@@ -163,11 +355,14 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
         run.check_resumable(run.read_config(), options, data_info)
     else:
         run.create(options, data_info, str(dev))
+    budget = _Budget(run, cfg, dev, max(slices.images.shape[1:]), clock, started)
     has_fg = np.array([(t == 1).any() for t in targets])
     train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has), cfg.val_fraction, cfg.seed, has_fg,
                                           always_train)
-    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, cfg.size)
-    summary = yield from train_segmenter(seg_data, cfg, run, dev, cancel)
-    metrics = {"complete": True, "device": str(dev), "targets": note, "segmenter": summary}
+    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, budget.plan.size)
+    yield from budget.plan_stage2(seg_data, cfg, dev, cancel, 0)
+    summary = yield from relay(train_segmenter(seg_data, budget.resolved(cfg), run, dev, cancel), budget.with_eta)
+    metrics = {"complete": True, "device": str(dev), "targets": note, "segmenter": summary,
+               "plan": budget.summary(None, budget.elapsed())}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)

@@ -3,6 +3,9 @@
 
 ```
 RUN/config.json          what was asked (options, data) + the environment it ran in (versions, device)
+RUN/plan.json            what the time budget and the device chose (budget.py): working size, width, epochs and
+                         steps of both stages, the speeds measured; written as each part is decided, read back
+                         when a run resumes
 RUN/stage1_config.json   the stage-1 options actually used (weak/job.py)
 RUN/stage1.json          written when stage 1 finished inside a `train` run (its metrics), so a resume skips it
 RUN/epochs.jsonl         one JSON line per finished epoch (classifier and segmenter)
@@ -46,6 +49,7 @@ BEST = "best.pt"
 CLASSIFIER_NAME = "classifier.pt"
 STAGE1_CONFIG_NAME = "stage1_config.json"
 STAGE1_DONE_NAME = "stage1.json"
+PLAN_NAME = "plan.json"
 PSEUDO_DIR, CAMS_DIR, LUNGS_DIR, PREDICTIONS_DIR = "pseudo", "cams", "lungs", "predictions"
 
 
@@ -132,6 +136,14 @@ class RunFolder:
 
     def prediction_path(self, source_id: str) -> Path:
         return self.path / PREDICTIONS_DIR / f"{source_id}.nii.gz"
+
+    def working_size(self, config: dict) -> int | None:
+        """The size the run's networks work at: the plan's choice (RUN/plan.json) when the run has one, else the
+        size its options asked for."""
+        plan = self.read_json(PLAN_NAME)
+        if plan and "size" in plan:
+            return plan["size"]
+        return config.get("options", {}).get("size")
 
     def has_model(self) -> bool:
         """A segmenter checkpoint to predict with exists (the run got through at least one epoch)."""

@@ -1,21 +1,27 @@
 """What `covidseg train` (and the app's Train) asks for: TrainConfig and the --fast preset. Plain data, no torch,
-so the app can read the defaults on its GUI thread; pipeline.py runs a TrainConfig."""
+so the app can read the defaults on its GUI thread; pipeline.py runs a TrainConfig, after the budget planner
+(budget.py) has filled in what was left to it (RUN/plan.json)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
+from .budget import AUTO
+
 
 @dataclass
 class TrainConfig:
-    """What `covidseg train` asks for. All fields but `device` must match to resume a run."""
+    """What `covidseg train` asks for. All fields but `device` must match to resume a run. None (and AUTO) mean
+    "let the device and the time budget decide" (budget.py); the decisions are recorded in RUN/plan.json."""
     fusion: str = "avg"               # avg | max | none (stage-1 attention fusion)
-    size: int | None = 256            # longer side slices are scaled to in both stages (None = native)
-    cls_epochs: int = 30
-    seg_epochs: int = 40
+    size: int | str | None = AUTO     # longer side slices are scaled to in both stages (None = native; AUTO:
+    #                                   256, or 192 for a budgeted run on a CPU)
+    cls_epochs: int | None = None     # None: as the budget allows, or 30 without a budget
+    seg_epochs: int | None = None     # None: as the budget allows, or 40 without a budget
+    budget_minutes: float | None = None  # None: the device's default (CPU 8 min, CUDA none); 0: fixed schedule
     seed: int = 0
     model: str = "light"              # see models.segmenter.SEGMENTER_NAMES
-    base: int | None = None           # network width (None = the model's default)
+    base: int | None = None           # network width (None = the model's default; 16 for a budgeted CPU run)
     batch_size: int = 8
     lr: float = 1e-3
     val_fraction: float = 0.2
@@ -36,7 +42,8 @@ class TrainConfig:
 
 # The --fast preset: the whole pipeline on the synthetic demo in about a minute on a 2-core CPU. Stage 1 needs
 # the demo's native 128 pixels (at 64 its pseudo masks lose most lesions); the segmenter trains on 64-pixel
-# crops of them, a quarter of the cost per step, and predicts whole slices.
+# crops of them, a quarter of the cost per step, and predicts whole slices. Both stages' epochs are given, so
+# a budget has nothing to size.
 FAST_PRESET = dict(size=128, cls_epochs=12, seg_epochs=12, base=12, batch_size=4, lr=5e-3, crop=64)
 
 

@@ -8,6 +8,7 @@ It lives below weak/ and seg/ because both use it and neither may import the oth
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -72,3 +73,18 @@ class TrainStep:
     def load_state_dict(self, state: dict | None) -> None:
         if state and self.scales_gradients:
             self.scaler.load_state_dict(state)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float = 0.05) -> Callable[[int], float]:
+    """LR factor of step s (0-based) for torch's LambdaLR: linear warm-up over `warmup_fraction` of the steps
+    (at least one), then cosine decay to ~0 at `total_steps`. A function of the step alone, so a resumed run
+    that knows how many steps were done continues the same schedule."""
+    total = max(1, int(total_steps))
+    warm = max(1, round(warmup_fraction * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor

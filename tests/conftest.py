@@ -27,3 +27,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    """The synthetic demo study at 16 slices of 64 pixels: small enough to train end to end in seconds."""
+    from covidseg_core.demo import write_demo
+
+    out = tmp_path_factory.mktemp("small") / "study"
+    write_demo(out, n_slices=16, size=64)
+    return out

@@ -49,13 +49,6 @@ def fast_run(demo, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("small") / "study"
-    write_demo(out, n_slices=16, size=64)
-    return out
-
-
 def tiny(**overrides) -> TrainConfig:
     return TrainConfig(**{**dict(size=None, cls_epochs=1, seg_epochs=2, base=8, batch_size=4, lr=5e-3),
                           **overrides})

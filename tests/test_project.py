@@ -378,10 +378,14 @@ def test_settings_are_checked(project):
     project.update_settings(fusion="avg", image_size=256, seed=0)
     project.update_settings(seed=None)
     assert project.settings == {"fusion": "avg", "image_size": 256}
-    for bad in ({"fusion": "mean"}, {"device": "gpu"}, {"seg_epochs": 0}, {"image_size": "big"}):
+    for bad in ({"fusion": "mean"}, {"device": "gpu"}, {"seg_epochs": 0}, {"image_size": "big"},
+                {"budget_minutes": -1}, {"budget_minutes": "8"}, {"budget_minutes": float("nan")}):
         with pytest.raises(InputError):
             project.update_settings(**bad)
     assert project.settings == {"fusion": "avg", "image_size": 256}
+    project.update_settings(budget_minutes=0)       # the fixed schedule
+    project.update_settings(budget_minutes=2.5)
+    assert project.settings["budget_minutes"] == 2.5
 
 
 # ------------------------------------------------------------------------------------ observers, threads

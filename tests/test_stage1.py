@@ -154,6 +154,13 @@ def test_nan_loss_is_a_training_error(tmp_path):
     assert status["status"] == "failed" and "loss" in status["reason"]
 
 
+def test_five_classifier_steps_in_all_train(tmp_path):
+    """OneCycleLR's one-step warm-up (0.2 x 5 steps) divided by zero; a time budget picks such counts easily."""
+    slices = synthetic_slice_set(n_infected=4, n_clean=4, seed=4, size=32)
+    result = drive(run_stage1(slices, tmp_path / "run", Stage1Config(**{**FAST, "cls_epochs": 5, "batch_size": 8})))
+    assert result["classifier"]["epochs"] == 5
+
+
 @pytest.mark.parametrize("n_inf,n_clean", [(5, 1), (1, 5), (0, 0)])
 def test_too_few_labels(tmp_path, n_inf, n_clean):
     slices = synthetic_slice_set(n_infected=n_inf, n_clean=n_clean + (1 if n_inf + n_clean == 0 else 0), seed=3,

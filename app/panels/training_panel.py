@@ -14,7 +14,8 @@ from covidseg_core.events import EpochReport, Progress
 
 STAGE_NAMES = {"classifier": "Training the classifier", "cams": "Fusing attention maps",
                "pseudo": "Making pseudo masks", "segmenter": "Training the segmenter", "predict": "Predicting masks",
-               "quantify": "Measuring volumes", "export": "Exporting", "load": "Reading the study"}
+               "quantify": "Measuring volumes", "export": "Exporting", "load": "Reading the study",
+               "plan": "Measuring the training speed"}
 PROGRESS_PAINT_INTERVAL_S = 0.25
 CURVE_COLORS = ["#4cc9f0", "#f72585", "#ffd166", "#80ed99", "#b8b8ff", "#ff9f1c"]
 

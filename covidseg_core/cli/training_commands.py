@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..constants import FUSION_MODES
@@ -18,6 +19,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def budget_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of minutes (0: the fixed schedule)")
+    return value
+
+
+BUDGET_HELP = ("train for about MINUTES in all: the speed of both stages is measured on their first steps and "
+               "their epochs are sized to fit (README, 'Training on a time budget'). Default: 8 on a CPU (at size "
+               "192 and width 16 unless --size is given), none on CUDA. 0 = the fixed schedule (30 + 40 epochs at "
+               "size 256). An explicit --cls-epochs or --seg-epochs wins for its stage; the budget then sizes the "
+               "other. A budget too small for one epoch trains one, with a warning")
+
+
 def _add_stage1_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path,
                    help="image folder (images/ + labels.csv), DICOM folder or NIfTI file with a labels CSV")
@@ -27,8 +45,10 @@ def _add_stage1_options(p: argparse.ArgumentParser) -> None:
                    help="attention fusion of the per-epoch CAMs (default avg)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--size", type=positive_int, default=None,
-                   help="longer side slices are scaled to for training and prediction (default 256)")
-    p.add_argument("--cls-epochs", type=positive_int, default=None, help="classifier epochs")
+                   help="longer side slices are scaled to for training and prediction (default 256; for a budgeted "
+                   "run on a CPU 192, or the slices' own size if smaller)")
+    p.add_argument("--cls-epochs", type=positive_int, default=None,
+                   help="classifier epochs (wins over --budget for stage 1; default: the budget's choice, or 30)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--fast", action="store_true",
                    help="small, quick preset (about a minute on the demo on a laptop CPU)")
@@ -39,6 +59,7 @@ def _train_config(args, seg: bool):
 
     overrides = {k: v for k, v in {
         "fusion": args.fusion, "size": args.size, "cls_epochs": args.cls_epochs, "seed": args.seed,
+        "budget_minutes": getattr(args, "budget", None),
         "seg_epochs": getattr(args, "seg_epochs", None) if seg else None,
         "pixel_labels": str(args.pixel_labels.resolve()) if getattr(args, "pixel_labels", None) else None,
     }.items() if v is not None}
@@ -57,14 +78,11 @@ def cmd_train(args) -> int:
 
 def cmd_pseudo(args) -> int:
     from ..data import load_slice_set
-    from ..infer.device import resolve_device
-    from ..pipeline import stage1_config
-    from ..weak.job import run_stage1
+    from ..pipeline import pseudo_job
 
     cfg = _train_config(args, seg=False)
-    device = resolve_device(args.device)
     slices = load_slice_set(args.data, args.labels)
-    metrics = run_job(run_stage1(slices, args.out, stage1_config(cfg, device), None), quiet=args.quiet)
+    metrics = run_job(pseudo_job(slices, args.out, cfg, device=args.device), quiet=args.quiet)
     print_json({"run": str(args.out), **(metrics or {})})
     return 0
 
@@ -72,12 +90,21 @@ def cmd_pseudo(args) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pseudo", help="stage 1 alone: labels -> classifier -> fused CAMs -> pseudo masks")
     _add_stage1_options(p)
+    p.add_argument("--budget", type=budget_minutes, default=None, metavar="MINUTES",
+                   help="train the classifier for about MINUTES in all, pseudo masks included (measured on its "
+                   "first epoch, at size 192 on a CPU unless --size is given; --cls-epochs wins). Default: no "
+                   "budget, the fixed 30 epochs at size 256")
     p.set_defaults(func=cmd_pseudo)
 
     t = sub.add_parser("train", help="labels -> classifier -> fused CAMs -> pseudo masks -> segmenter "
                        "(resumable: re-run the same command on the same --out)")
     _add_stage1_options(t)
-    t.add_argument("--seg-epochs", type=positive_int, default=None, help="segmenter epochs")
+    t.add_argument("--seg-epochs", type=positive_int, default=None,
+                   help="segmenter epochs (wins over --budget for stage 2; default: the budget's choice, or 40)")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=budget_minutes, default=None, metavar="MINUTES", help=BUDGET_HELP)
+    budget.add_argument("--no-budget", dest="budget", action="store_const", const=0.0,
+                        help="the fixed schedule on any device (same as --budget 0)")
     t.add_argument("--pixel-labels", type=Path, default=None,
                    help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
                    "for those slices")

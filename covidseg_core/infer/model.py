@@ -41,7 +41,7 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", pre
     model.to(dev).eval()
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model=model, size=config["options"].get("size"), device=dev, run=run.path,
+    return LoadedModel(model=model, size=run.working_size(config), device=dev, run=run.path,
                        epoch=int(state.get("epoch", 0)), precision=precision)
 
 

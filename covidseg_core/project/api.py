@@ -688,5 +688,9 @@ def _check_setting(key: str, value: Any) -> None:
         raise InputError(f"Unknown {key} setting {value!r}.", f"Use one of {', '.join(_SETTING_CHOICES[key])}.")
     if key in _POSITIVE_INT_SETTINGS and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise InputError(f"The {key} setting must be a whole number of at least 1, got {value!r}.")
+    if key == "budget_minutes" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or not value >= 0 or value == float("inf")):
+        raise InputError(f"The budget_minutes setting must be a number of minutes (0: the fixed schedule), "
+                         f"got {value!r}.")
     if key == "seed" and (not isinstance(value, int) or isinstance(value, bool)):
         raise InputError(f"The seed setting must be a whole number, got {value!r}.")

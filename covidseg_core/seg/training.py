@@ -19,7 +19,7 @@ from ..imaging.resize import resize_stack, working_shape
 from ..infer.device import autocast
 from ..models.segmenter import build_from_spec
 from ..runs import BEST, LAST, RunFolder
-from ..train_step import TrainStep
+from ..train_step import TrainStep, warmup_cosine
 from .losses import tversky_focal_loss
 
 
@@ -134,6 +134,7 @@ def evaluate_loss(model, data: SegmenterData, idx: np.ndarray, device, batch_siz
 
 
 PRIOR_FOREGROUND = 0.05
+WEIGHT_DECAY = 1e-4
 
 
 def init_head_prior(model: torch.nn.Module, prior: float = PRIOR_FOREGROUND) -> None:
@@ -153,32 +154,39 @@ def augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, crop: in
 
 def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, device: torch.device,
                     cancel: CancelToken | None = None):
-    """Generator: trains (or resumes) the segmenter, checkpointing every epoch; returns a summary dict."""
+    """Generator: trains (or resumes) the segmenter, checkpointing every epoch; returns a summary dict.
+
+    AdamW, its learning rate a linear warm-up then cosine decay over all the run's steps (seg_epochs x steps per
+    epoch, train_step.warmup_cosine), stepped per batch; a resumed run sets the schedule to the steps done."""
     cancel = cancel or CancelToken()
-    torch.manual_seed(cfg.seed)
-    model = build_from_spec(cfg.model_spec())
-    init_head_prior(model)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step = TrainStep(model, optimizer, device, lambda logits, y: tversky_focal_loss(logits, y.long()),
-                     augment=lambda x, y, rng: augment(x, y, rng, cfg.crop), what="segmenter",
-                     hint="Lower the learning rate or check the images, then train again into a new folder.")
-    start_epoch, best_val, best_epoch = _resume(run, model, optimizer, step)
-    if start_epoch > 1 and start_epoch <= cfg.seg_epochs:
-        yield Message(f"resuming the segmenter from epoch {start_epoch - 1} of {cfg.seg_epochs}")
     train_idx, val_idx = data.train_idx, data.val_idx
     if len(train_idx) == 0:
         raise TrainingError("No slice has a training mask (pseudo mask or pixel label).",
                             "Label some slices infected or clean, then train again.")
     bs = max(1, min(cfg.batch_size, len(train_idx)))
+    n_batches = (len(train_idx) + bs - 1) // bs
+    if cfg.steps_per_epoch:
+        n_batches = min(n_batches, cfg.steps_per_epoch)
+    total_steps = cfg.seg_epochs * n_batches
+    torch.manual_seed(cfg.seed)
+    model = build_from_spec(cfg.model_spec())
+    init_head_prior(model)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
+    step = TrainStep(model, optimizer, device, lambda logits, y: tversky_focal_loss(logits, y.long()),
+                     augment=lambda x, y, rng: augment(x, y, rng, cfg.crop), scheduler=scheduler, what="segmenter",
+                     hint="Lower the learning rate or check the images, then train again into a new folder.")
+    start_epoch, best_val, best_epoch = _resume(run, model, optimizer, step)
+    scheduler.last_epoch = (start_epoch - 1) * n_batches      # the schedule continues where the run stopped
+    if start_epoch > 1 and start_epoch <= cfg.seg_epochs:
+        yield Message(f"resuming the segmenter from epoch {start_epoch - 1} of {cfg.seg_epochs}")
     val_has_fg = bool(len(val_idx)) and bool((data.targets[torch.from_numpy(val_idx)] == 1).any())
     if len(val_idx) and not val_has_fg and start_epoch == 1:
         yield Message("no validation slice has infection in its training mask: the best checkpoint is chosen "
                       "by training loss", "warning")
-    n_batches = (len(train_idx) + bs - 1) // bs
-    if cfg.steps_per_epoch:
-        n_batches = min(n_batches, cfg.steps_per_epoch)
     model.train()
+    started, first_step = time.monotonic(), (start_epoch - 1) * n_batches
     for epoch in range(start_epoch, cfg.seg_epochs + 1):
         t0 = time.monotonic()
         rng = _epoch_rng(cfg.seed, epoch)
@@ -191,9 +199,10 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
             b = order[s:s + bs]
             running += step(data.images[b], data.targets[b], rng=rng, where=f"at epoch {epoch}") * len(b)
             seen += len(b)
-            elapsed = time.monotonic() - t0
-            yield Progress("segmenter", bi + 1, n_batches, f"epoch {epoch}/{cfg.seg_epochs}",
-                           eta_s=elapsed / (bi + 1) * (n_batches - bi - 1))
+            done = (epoch - 1) * n_batches + bi + 1
+            rate = (time.monotonic() - started) / (done - first_step)
+            yield Progress("segmenter", done, total_steps, f"epoch {epoch}/{cfg.seg_epochs}",
+                           eta_s=rate * (total_steps - done))
         train_loss = running / max(seen, 1)
         if len(val_idx) and val_has_fg:
             val_loss, val_dice = evaluate_loss(model, data, val_idx, device, bs * 2, cancel)
@@ -207,8 +216,8 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
                           "val_dice_vs_targets": val_dice, "best_epoch": best_epoch, "seconds": round(seconds, 3)})
         yield EpochReport("segmenter", epoch, cfg.seg_epochs, losses={"train": train_loss, "val": val_loss},
                           metrics={"val_dice_vs_targets": val_dice}, seconds=seconds)
-    return {"epochs": cfg.seg_epochs, "best_epoch": best_epoch, "best_val_loss": best_val,
-            "n_train": int(len(train_idx)), "n_val": int(len(val_idx))}
+    return {"epochs": cfg.seg_epochs, "steps_per_epoch": n_batches, "best_epoch": best_epoch,
+            "best_val_loss": best_val, "n_train": int(len(train_idx)), "n_val": int(len(val_idx))}
 
 
 def _resume(run: RunFolder, model, optimizer, step: TrainStep) -> tuple[int, float, int]:

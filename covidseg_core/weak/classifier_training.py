@@ -20,6 +20,7 @@ from .cam import FusionBank, normalise_cams
 from .config import Stage1Config
 from .losses import balanced_bce
 
+WARMUP_SHARE = 0.2           # of the one-cycle schedule's steps
 BN_CALIBRATION_SLICES = 256   # labelled slices used after each epoch to re-estimate BatchNorm statistics
 
 
@@ -88,8 +89,12 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     epochs = int(config.cls_epochs)
     steps_per_epoch = max(1, int(np.ceil(len(t.train_idx) / config.batch_size)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.2)
+    total_steps = epochs * steps_per_epoch
+    # torch's OneCycleLR divides by zero when its warm-up is exactly one step (5 steps in all at 0.2): a budget
+    # or a small data set lands there easily, so that one case warms up over a quarter instead
+    pct_start = WARMUP_SHARE if abs(WARMUP_SHARE * total_steps - 1) > 1e-9 else 0.25
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
+                                                pct_start=pct_start)
     step = TrainStep(model, opt, device, lambda logits, y: balanced_bce(logits, y, pos_fraction=pos_fraction),
                      augment=augment, scheduler=sched, what="classifier",
                      hint="Lower the learning rate, or check the images for corrupt values.")

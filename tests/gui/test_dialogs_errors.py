@@ -80,6 +80,46 @@ def test_settings_dialog_saves_into_the_project(qtbot, demo_window):
     assert cfg.fusion == "max" and cfg.cls_epochs == 5
 
 
+def test_settings_default_to_the_device_not_the_fast_preset(qtbot, demo_window, monkeypatch):
+    """A new project trains at what the core decides for the device: on CUDA the full size and schedule, on a
+    CPU a time budget (never the 128-pixel --fast preset everywhere)."""
+    import torch
+
+    from app.dialogs.settings_dialog import SettingsDialog
+    from app.tasks import train_config
+    from covidseg_core.budget import AUTO, CPU_SIZE
+    from covidseg_core.infer.device import resolve_device
+    from covidseg_core.pipeline import new_plan
+    w = demo_window
+    for key in ("cls_epochs", "seg_epochs", "size", "budget_minutes"):
+        w.session.project.update_settings(**{key: None})
+    dlg = SettingsDialog(w.session.project.settings, w)
+    assert dlg.cls_epochs.text() == "automatic" and dlg.length.currentData() == "auto"
+    assert not dlg.budget.isEnabled()
+    w.session.project.update_settings(**dlg.values())
+    cfg = train_config(w.training_settings())
+    assert (cfg.size, cfg.cls_epochs, cfg.seg_epochs, cfg.budget_minutes, cfg.crop, cfg.fast) == \
+        (AUTO, None, None, None, None, False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = new_plan(cfg, resolve_device(w.training_settings()["device"]), native_side=512)
+    assert gpu.budget_s is None and gpu.size == 256
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = new_plan(cfg, resolve_device("auto"), native_side=512)
+    assert cpu.budget_s and cpu.size == CPU_SIZE
+
+    # a time budget of 3 minutes, then the fixed schedule
+    dlg.length.setCurrentIndex(dlg.length.findData("budget"))
+    assert dlg.budget.isEnabled()
+    dlg.budget.setValue(3.0)
+    w.session.project.update_settings(**dlg.values())
+    assert train_config(w.training_settings()).budget_minutes == 3.0
+    dlg = SettingsDialog(w.session.project.settings, w)
+    assert dlg.length.currentData() == "budget" and dlg.budget.value() == 3.0
+    dlg.length.setCurrentIndex(dlg.length.findData("fixed"))
+    w.session.project.update_settings(**dlg.values())
+    assert train_config(w.training_settings()).budget_minutes == 0
+
+
 def test_recent_projects_and_reopening(qtbot, demo_window):
     w = demo_window
     folder = str(w.session.project.folder)
