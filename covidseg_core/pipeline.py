@@ -25,7 +25,7 @@ import torch
 
 from .budget import (DEFAULT_CLS_EPOCHS, DEFAULT_SEG_EPOCHS, STAGE1_SHARE, EtaTracker, Plan, budget_seconds,
                      plan_classifier, plan_segmenter, reserve_seconds, working_profile)
-from .constants import FUSION_MODES, IGNORE
+from .constants import FUSION_MODES, IGNORE, LUNG_METHODS, SYNTHETIC_MODES
 from .data import load_slice_set
 from .errors import InputError
 from .events import CancelToken, Done, Message, Progress, relay
@@ -36,6 +36,7 @@ from .results.metrics import summarize
 from .runs import METRICS_NAME, PLAN_NAME, STAGE1_DONE_NAME, RunFolder
 from .seg.targets import build_targets, split_validation
 from .seg.training import prepare_segmenter_data, train_segmenter
+from .synth.study import study_supply
 from .throughput import stage1_costs, stage2_costs
 from .train_config import TrainConfig
 from .weak.config import Stage1Config
@@ -139,15 +140,15 @@ class _Budget:
         """Generator: decides (unless recorded) and records the segmenter's epochs and steps per epoch."""
         if self.plan.stage2 is not None:
             return
-        bs = max(1, min(cfg.batch_size, len(seg_data.train_idx)))
-        one_pass = max(1, math.ceil(len(seg_data.train_idx) / bs))
+        bs = max(1, min(cfg.batch_size, seg_data.epoch_size))
+        one_pass = max(1, math.ceil(seg_data.epoch_size / bs))
         spe = min(cfg.steps_per_epoch or one_pass, one_pass)
         if cfg.seg_epochs is not None or not self.plan.budgeted:
             how = "explicit" if cfg.seg_epochs is not None else "fixed"
             self.plan.stage2 = {"how": how, "epochs": cfg.seg_epochs or DEFAULT_SEG_EPOCHS, "steps_per_epoch": spe}
         else:
             costs = yield from relay(stage2_costs(seg_data, self.resolved(cfg), dev, cancel, self.clock, bs))
-            val_s = costs["eval_slice_s"] * len(seg_data.val_idx)
+            val_s = costs["eval_slice_s"] * (len(seg_data.val_idx) + seg_data.n_val_synthetic)
             report_s = costs["eval_slice_s"] * n_report
             epochs, spe, warning = plan_segmenter(self.left(report_s), costs["step_s"], val_s, one_pass,
                                                   explicit_steps=cfg.steps_per_epoch)
@@ -172,7 +173,7 @@ class _Budget:
 def stage1_config(cfg: TrainConfig, device: torch.device) -> Stage1Config:
     """The stage-1 options of a `train` run (cfg as the plan resolved it)."""
     return Stage1Config(fusion=cfg.fusion, size=cfg.size, cls_epochs=cfg.cls_epochs, seed=cfg.seed,
-                        device=str(device.type))
+                        device=str(device.type), lung_method=cfg.lung_method)
 
 
 def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.device, cancel: CancelToken,
@@ -253,6 +254,10 @@ def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
         raise InputError("--cls-epochs and --seg-epochs must be at least 1.")
     if cfg.fusion not in FUSION_MODES:
         raise InputError(f"Unknown fusion '{cfg.fusion}'.", "Use avg, max or none.")
+    if cfg.synthetic not in SYNTHETIC_MODES:
+        raise InputError(f"Unknown synthetic mode '{cfg.synthetic}'.", f"Use {', '.join(SYNTHETIC_MODES)}.")
+    if cfg.lung_method not in LUNG_METHODS:
+        raise InputError(f"Unknown lung-field method '{cfg.lung_method}'.", f"Use {' or '.join(LUNG_METHODS)}.")
     if cfg.pixel_labels and not Path(cfg.pixel_labels).is_dir():
         raise InputError(f"--pixel-labels folder {cfg.pixel_labels} does not exist.", "Check the path.")
     budget_seconds(cfg.budget_minutes, dev.type == "cuda")     # a negative or non-finite budget is an InputError
@@ -314,10 +319,16 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     n_pixel = source.count("pixel")
     if n_pixel:
         yield Message(f"{n_pixel} slice(s) with your pixel masks are used as full supervision")
+    if cfg.synthetic == "only":      # label-free: the infected slices' pseudo masks stay out of training
+        has_target &= ~np.array([src == "pseudo" and lab == "infected" for src, lab in zip(source, slices.labels)])
     has_fg = np.array([(t == 1).any() for t in targets])
     train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has_target), cfg.val_fraction, cfg.seed,
                                           has_fg, always_train=np.array([src == "pixel" for src in source]))
-    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, budget.plan.size)
+    supply = study_supply(slices, run, cfg.synthetic, cfg.lung_method, cfg.seed, budget.plan.size, len(val_idx))
+    for note in supply.notes:
+        yield Message(note)
+    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, budget.plan.size,
+                                      supply.source, supply.share, supply.n_validation)
     n_report = int(slices.has_gt.sum()) if slices.has_gt is not None else 0
     yield from budget.plan_stage2(seg_data, cfg, dev, cancel, n_report)
     seg_summary = yield from relay(train_segmenter(seg_data, budget.resolved(cfg), run, dev, cancel),
@@ -326,7 +337,9 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
                               budget.with_eta)
     metrics = {"complete": True, "device": str(dev), "seconds": round(clock() - started, 2),
                "stage1": stage1_metrics, "segmenter": {**seg_summary, "n_pixel_labelled": n_pixel,
-                                                       "n_pseudo": source.count("pseudo")},
+                                                       "n_pseudo": int(sum(has_target[i] for i, src in
+                                                                           enumerate(source) if src == "pseudo")),
+                                                       "synthetic": supply.report},
                "plan": budget.summary(stage1_s, budget.elapsed() - stage2_start),
                "ground_truth_report": report}
     run.write_json(METRICS_NAME, metrics)

@@ -31,11 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .atomic import atomic_write, atomic_write_json
 from .errors import RunError
 from .events import EpochReport
-from .io.images import IMAGE_SUFFIXES
+from .io.images import IMAGE_SUFFIXES, read_gray
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +324,20 @@ class RunFolder:
 
         self._write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
         return path
+
+    def read_slice_maps(self, folder: Path, slice_ids: list[str], shape: tuple[int, int]) -> np.ndarray | None:
+        """uint8 (n, *shape): the PNG stage 1 wrote for each slice in `folder` (RUN/lungs/, RUN/cams/), None when
+        any is missing or of another size."""
+        maps = np.zeros((len(slice_ids), *shape), dtype=np.uint8)
+        for k, sid in enumerate(slice_ids):
+            path = folder / slice_png_name(sid)
+            if not path.is_file():
+                return None
+            png = read_gray(path)
+            if png.shape != tuple(shape):
+                return None
+            maps[k] = png
+        return maps
 
     def save_classifier(self, state: dict) -> Path:
         import torch

@@ -86,8 +86,8 @@ def _eval_slice_seconds(data: SegmenterData, cfg, device, cancel: CancelToken, c
     model = build_from_spec(cfg.model_spec()).to(device)
     idx = data.val_idx if len(data.val_idx) else data.train_idx
     bs = 2 * batch_size
-    evaluate_loss(model, data, idx[:bs], device, bs, cancel)         # warm-up
-    timed = idx[:bs]
+    x, y = data.images[idx[:bs]], data.targets[idx[:bs]]
+    evaluate_loss(model, x, y, device, bs, cancel)         # warm-up
     start = clock()
-    evaluate_loss(model, data, timed, device, bs, cancel)
-    return (clock() - start) / max(1, len(timed))
+    evaluate_loss(model, x, y, device, bs, cancel)
+    return (clock() - start) / max(1, len(x))

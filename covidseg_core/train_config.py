@@ -23,11 +23,13 @@ class TrainConfig:
     model: str = "light"              # see models.segmenter.SEGMENTER_NAMES
     base: int | None = None           # network width (None = the model's default; 16 for a budgeted CPU run)
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3                  # peak of the warm-up + cosine schedule (zenodo-dev runs: 3e-3 at batch 16)
     val_fraction: float = 0.2
     crop: int | None = None           # train on random crops of this side (cheaper steps); None = whole slices
     steps_per_epoch: int | None = None  # cap on batches per segmenter epoch (large data sets); None = one pass
     pixel_labels: str | None = None   # folder of user masks (PNG 0/255 named as the images)
+    synthetic: str = "auto"           # auto | off | only: synthetic lesions on clean slices in stage 2 (synth/)
+    lung_method: str = "model"        # model | threshold: how lung fields are found (imaging/lung_model.py)
     fast: bool = False
 
     def options(self) -> dict:

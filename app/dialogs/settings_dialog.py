@@ -1,4 +1,4 @@
-"""Training settings of the project (fusion, training length, epochs, image size, device, seed). Saved in the
+"""Training settings of the project (fusion, synthetic lesions, training length, epochs, image size, device, seed). Saved in the
 project through Project.update_settings and written into every run's config by the core.
 
 "Automatic" (None) leaves a setting to the core, which decides on the job thread from the device and the time
@@ -15,12 +15,15 @@ from covidseg_core.budget import DEFAULT_CPU_BUDGET_MIN   # plain data: no torch
 def defaults() -> dict:
     """What the app trains with when the project has no setting yet: average fusion as in the paper, the rest
     decided by the core for the device (None = automatic)."""
-    return {"fusion": "avg", "device": "auto", "seed": 0, "budget_minutes": None, "cls_epochs": None,
-            "seg_epochs": None, "size": None}
+    return {"fusion": "avg", "synthetic": "auto", "device": "auto", "seed": 0, "budget_minutes": None,
+            "cls_epochs": None, "seg_epochs": None, "size": None}
 
 
 FUSION_TEXT = {"avg": "average (the paper's choice)", "max": "maximum (OAA)", "none": "none (plain CAM of the last "
                                                                                          "epoch)"}
+SYNTHETIC_TEXT = {"auto": "synthetic lesions on clean slices + attention maps (recommended)",
+                  "off": "attention maps only (the paper's method)",
+                  "only": "synthetic lesions only (label-free)"}
 DEVICE_TEXT = {"auto": "automatic (GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 LENGTH_TEXT = {"auto": f"automatic (GPU: full schedule; CPU: about {DEFAULT_CPU_BUDGET_MIN:g} min)",
                "budget": "a time budget", "fixed": "the fixed schedule (30 + 40 epochs)"}
@@ -44,6 +47,7 @@ class SettingsDialog(QDialog):
         self.setObjectName("settingsDialog")
         s = effective_settings(settings)
         self.fusion = self._combo(FUSION_TEXT, s["fusion"])
+        self.synthetic = self._combo(SYNTHETIC_TEXT, s["synthetic"])
         self.length = self._combo(LENGTH_TEXT, length_mode(s["budget_minutes"]))
         self.budget = QDoubleSpinBox()
         self.budget.setRange(0.5, 24 * 60)
@@ -60,6 +64,7 @@ class SettingsDialog(QDialog):
         self.seed = self._spin(0, 2**31 - 1, s["seed"])
         form = QFormLayout()
         form.addRow("Attention fusion:", self.fusion)
+        form.addRow("Pixel supervision:", self.synthetic)
         form.addRow("Training length:", self.length)
         form.addRow("Time budget:", self.budget)
         form.addRow("Classifier epochs:", self.cls_epochs)
@@ -109,6 +114,7 @@ class SettingsDialog(QDialog):
         """The settings as the project keeps them; None (automatic) removes a setting."""
         def auto(spin: QSpinBox) -> int | None:
             return spin.value() or None
-        return {"fusion": self.fusion.currentData(), "budget_minutes": self.budget_minutes(),
+        return {"fusion": self.fusion.currentData(), "synthetic": self.synthetic.currentData(),
+                "budget_minutes": self.budget_minutes(),
                 "cls_epochs": auto(self.cls_epochs), "seg_epochs": auto(self.seg_epochs),
                 "size": auto(self.image_size), "device": self.device.currentData(), "seed": self.seed.value()}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..constants import LUNG_METHODS
 from ..errors import CovidSegError
 from .output import print_json, run_job
 
@@ -15,6 +16,14 @@ def cmd_demo(args) -> int:
     from ..demo import write_demo
 
     print_json(write_demo(args.out, seed=args.seed, n_slices=args.slices, size=args.size))
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from ..synth.folder import synth_job
+
+    print_json(run_job(synth_job(args.data, args.out, n=args.n, seed=args.seed, labels_csv=args.labels,
+                                 lung_method=args.lung_method), args.quiet))
     return 0
 
 
@@ -58,6 +67,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--slices", type=int, default=32)
     d.add_argument("--size", type=int, default=128)
     d.set_defaults(func=cmd_demo)
+
+    y = sub.add_parser("synth", help="synthetic lesions on the clean slices of a data set, with exact masks (what "
+                       "`train --synthetic` trains on), written as images + masks or as NIfTI")
+    y.add_argument("--data", required=True, type=Path, help="image folder (images/ + labels.csv), DICOM folder or "
+                   "NIfTI file with a labels CSV")
+    y.add_argument("--labels", type=Path, default=None, help="labels CSV when it does not lie with the data")
+    y.add_argument("--out", required=True, type=Path, help="a new (or empty) folder outside the data set")
+    y.add_argument("-n", type=int, default=32, help="how many synthetic images (1-10000, default 32)")
+    y.add_argument("--seed", type=int, default=0, help="0 or more; the same seed gives the same lesions")
+    y.add_argument("--lung-field", dest="lung_method", choices=LUNG_METHODS, default="model")
+    y.set_defaults(func=cmd_synth)
 
     i = sub.add_parser("info", help="describe a study (DICOM folder, NIfTI file, image folder) as JSON")
     i.add_argument("path", type=Path)

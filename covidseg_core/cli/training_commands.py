@@ -5,7 +5,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..constants import FUSION_MODES
+from ..constants import FUSION_MODES, LUNG_METHODS, SYNTHETIC_MODES
 from .output import print_json, run_job
 
 
@@ -50,6 +50,9 @@ def _add_stage1_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cls-epochs", type=positive_int, default=None,
                    help="classifier epochs (wins over --budget for stage 1; default: the budget's choice, or 30)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--lung-field", dest="lung_method", choices=LUNG_METHODS, default=None,
+                   help="model: the learned lung field shipped with covidseg (default); threshold: the image-"
+                   "threshold method (the fallback when the model file is missing or damaged)")
     p.add_argument("--fast", action="store_true",
                    help="small, quick preset (about a minute on the demo on a laptop CPU)")
 
@@ -59,7 +62,8 @@ def _train_config(args, seg: bool):
 
     overrides = {k: v for k, v in {
         "fusion": args.fusion, "size": args.size, "cls_epochs": args.cls_epochs, "seed": args.seed,
-        "budget_minutes": getattr(args, "budget", None),
+        "budget_minutes": getattr(args, "budget", None), "lung_method": args.lung_method,
+        "synthetic": getattr(args, "synthetic", None) if seg else None,
         "seg_epochs": getattr(args, "seg_epochs", None) if seg else None,
         "pixel_labels": str(args.pixel_labels.resolve()) if getattr(args, "pixel_labels", None) else None,
     }.items() if v is not None}
@@ -105,6 +109,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--budget", type=budget_minutes, default=None, metavar="MINUTES", help=BUDGET_HELP)
     budget.add_argument("--no-budget", dest="budget", action="store_const", const=0.0,
                         help="the fixed schedule on any device (same as --budget 0)")
+    t.add_argument("--synthetic", choices=SYNTHETIC_MODES, default=None,
+                   help="synthetic lesions drawn on the clean slices, with exact masks: auto (default) mixes them with "
+                   "the CAM pseudo masks of the infected slices; only trains on them and the clean slices (label-"
+                   "free); off is the paper's method. Without a clean slice: off, with a note")
     t.add_argument("--pixel-labels", type=Path, default=None,
                    help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
                    "for those slices")

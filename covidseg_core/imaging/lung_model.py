@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
 
+from ..constants import LUNG_METHODS
 from ..errors import CovidSegError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ WEIGHTS_NAME = "lung_field.safetensors"
 RETRAIN_HINT = ("Reinstall CovidSeg Assist to restore the file, or train a new one with "
                 "scripts/train_lung_model.py --out <file>; the threshold lung field needs no file.")
 MIN_AERATED_SHARE = 0.2         # of a lung component's pixels below the slice's dark (Otsu) threshold
-METHODS = ("model", "threshold")
+METHODS = LUNG_METHODS
 
 
 class LungModelError(CovidSegError):

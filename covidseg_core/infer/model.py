@@ -20,6 +20,7 @@ class LoadedModel:
     run: Path
     epoch: int
     precision: str = "auto"
+    lung_method: str | None = None    # predictions are kept inside this lung field (None: runs made before it)
 
 
 def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> LoadedModel:
@@ -42,7 +43,8 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", pre
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     return LoadedModel(model=model, size=run.working_size(config), device=dev, run=run.path,
-                       epoch=int(state.get("epoch", 0)), precision=precision)
+                       epoch=int(state.get("epoch", 0)), precision=precision,
+                       lung_method=config["options"].get("lung_method"))
 
 
 def default_batch_size(device: torch.device, shape: tuple[int, int]) -> int:

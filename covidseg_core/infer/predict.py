@@ -23,8 +23,10 @@ from ..imaging.windowing import to_unit_range
 from ..io.images import image_dir, list_images, read_gray
 from ..io.loader import detect_kind, open_study
 from ..io.nifti import volume_suffix, write_mask_nifti
+from ..imaging.lung_model import compute_lung_fields
 from .device import inference_autocast
 from .model import LoadedModel, default_batch_size, load_run_model
+from .postprocess import finish_masks
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,15 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
 def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                   cancel: CancelToken | None = None, threshold: float = THRESHOLD,
                   progress_of: tuple[int, int] | None = None):
-    """Generator like predict_probabilities, returning uint8 0/1 masks."""
+    """Generator like predict_probabilities, returning uint8 0/1 masks: inside the lung field the run was
+    trained with (imaging/lung_model.py), without specks (postprocess.py)."""
     prob = yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=progress_of)
-    return (prob >= threshold).astype(np.uint8)
+    lungs = None
+    if lm.lung_method:
+        lungs, warning = compute_lung_fields(images01, lm.lung_method, device=lm.device)
+        if warning:
+            yield Message(warning, "warning")
+    return finish_masks(prob >= threshold, lungs)
 
 
 # --- inputs and outputs ------------------------------------------------------------------------------------

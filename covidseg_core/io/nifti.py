@@ -95,11 +95,17 @@ def _zyx(shape) -> str:
 
 def write_mask_nifti(mask_zyx: np.ndarray, study: Study, path: str | Path) -> Path:
     """Write a 0/1 uint8 mask in the exact geometry of `study`, atomically. The suffix picks the format."""
+    return write_volume((np.asarray(mask_zyx) > 0).astype(np.uint8), study, path)
+
+
+def write_volume(array_zyx: np.ndarray, study: Study, path: str | Path) -> Path:
+    """Write an array (a mask, or HU as int16) in the exact geometry of `study`, atomically. The suffix picks
+    the format."""
     path = Path(path)
     if not volume_suffix(path):
         raise InputError(f"Cannot tell the file format of {path.name}.",
-                         "Name the mask file .nii.gz (or .nii, .mha, .nrrd).")
-    image = study_to_sitk(study, (np.asarray(mask_zyx) > 0).astype(np.uint8))
+                         "Name the file .nii.gz (or .nii, .mha, .nrrd).")
+    image = study_to_sitk(study, array_zyx)
 
     def write(tmp: Path) -> None:
         # the temp name ends with the target's name, so SimpleITK picks the same format (and compression)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_json
-from ..constants import DEVICES, FUSION_MODES, LABELS
+from ..constants import DEVICES, FUSION_MODES, LABELS, SYNTHETIC_MODES
 from ..errors import InputError, LabelError, ProjectError
 from . import store
 from .corrections import binary_mask, decode_mask, encode_mask, new_correction_name
@@ -677,7 +677,7 @@ class Project:
         self._emit([("settings_changed", {"keys": list(changed)})])
 
 
-_SETTING_CHOICES = {"fusion": FUSION_MODES, "device": DEVICES}
+_SETTING_CHOICES = {"fusion": FUSION_MODES, "device": DEVICES, "synthetic": SYNTHETIC_MODES}
 _POSITIVE_INT_SETTINGS = ("cls_epochs", "seg_epochs", "epochs", "image_size", "size", "batch_size")
 
 

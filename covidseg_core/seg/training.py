@@ -15,6 +15,7 @@ import torch
 from ..constants import IGNORE
 from ..errors import TrainingError
 from ..events import CancelToken, EpochReport, Message, Progress
+from ..imaging.augment import augment_batch
 from ..imaging.resize import resize_stack, working_shape
 from ..infer.device import autocast
 from ..models.segmenter import build_from_spec
@@ -35,22 +36,67 @@ class SegmenterOptions(Protocol):
     def model_spec(self) -> dict: ...
 
 
+class PairSource(Protocol):
+    """Training pairs made on the fly (synth.source.SyntheticSource): new ones every epoch, from (seed, epoch)."""
+    def epoch_pairs(self, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+VALIDATION_KEY = 0       # the epoch key of the fixed synthetic validation pairs (training epochs count from 1)
+
+
 @dataclass
 class SegmenterData:
     images: torch.Tensor        # (n, 1, h, w) float32 at the working size
     targets: torch.Tensor       # (n, h, w) uint8 0/1/255 at the working size
     train_idx: np.ndarray
     val_idx: np.ndarray
+    synthetic: PairSource | None = None    # synthetic pairs mixed into every epoch
+    synthetic_share: float = 0.0           # of each epoch's samples
+    n_val_synthetic: int = 0               # fixed synthetic pairs added to the validation set
+
+    @property
+    def epoch_size(self) -> int:
+        """Samples in one pass: every training slice once, plus the synthetic pairs that go with them."""
+        n_real = len(self.train_idx)
+        if self.synthetic is None or self.synthetic_share <= 0:
+            return n_real
+        return n_real + int(round(max(n_real, 1) * self.synthetic_share / (1 - self.synthetic_share)))
+
+    def epoch_batches(self, epoch: int, rng: np.random.Generator, n_samples: int, batch_size: int):
+        """(x, y) batches of one epoch: `n_samples` drawn from the shuffled training slices and fresh synthetic
+        pairs in their share, shuffled together."""
+        n_syn = 0 if self.synthetic is None else int(round(n_samples * self.synthetic_share))
+        n_syn = n_samples if len(self.train_idx) == 0 else n_syn
+        real = self.train_idx[rng.permutation(len(self.train_idx))][: n_samples - n_syn]
+        xs, ys = (self.synthetic.epoch_pairs(epoch, n_syn) if n_syn else
+                  (self.images[:0], self.targets[:0]))
+        x_all = torch.cat([self.images[real], xs]) if n_syn else self.images[real]
+        y_all = torch.cat([self.targets[real], ys]) if n_syn else self.targets[real]
+        order = torch.from_numpy(rng.permutation(len(x_all)))
+        for s in range(0, len(order), batch_size):
+            b = order[s:s + batch_size]
+            yield x_all[b], y_all[b]
+
+    def validation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Held-out slices with their targets, plus fixed synthetic pairs when synthetic pairs train."""
+        x, y = self.images[self.val_idx], self.targets[self.val_idx]
+        if self.synthetic is not None and self.n_val_synthetic:
+            xs, ys = self.synthetic.epoch_pairs(VALIDATION_KEY, self.n_val_synthetic)
+            x, y = torch.cat([x, xs]), torch.cat([y, ys])
+        return x, y
 
 
 def prepare_segmenter_data(images01: np.ndarray, targets: np.ndarray, train_idx, val_idx,
-                           size: int | None) -> SegmenterData:
+                           size: int | None, synthetic: PairSource | None = None, synthetic_share: float = 0.0,
+                           n_val_synthetic: int = 0) -> SegmenterData:
     n, h, w = images01.shape
     work = working_shape(h, w, size)
     x = resize_stack(torch.from_numpy(np.ascontiguousarray(images01, dtype=np.float32))[:, None], work)
     t = resize_stack(torch.from_numpy(targets)[:, None].float(), work, mode="nearest")[:, 0].to(torch.uint8)
     return SegmenterData(images=x.contiguous(), targets=t.contiguous(), train_idx=np.asarray(train_idx, int),
-                         val_idx=np.asarray(val_idx, int))
+                         val_idx=np.asarray(val_idx, int), synthetic=synthetic,
+                         synthetic_share=synthetic_share if synthetic is not None else 0.0,
+                         n_val_synthetic=n_val_synthetic if synthetic is not None else 0)
 
 
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -58,19 +104,6 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     dropout inside the network (torch's global seed) and shuffling, crops and augmentation (the returned rng)."""
     torch.manual_seed(seed * 100003 + epoch)
     return np.random.default_rng([seed, epoch])
-
-
-def _jitter(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-right flips and a mild contrast/brightness jitter (labels unchanged by the latter)."""
-    flip = torch.from_numpy(rng.random(len(x)) < 0.5)
-    if flip.any():
-        x = x.clone()
-        y = y.clone()
-        x[flip] = x[flip].flip(-1)
-        y[flip] = y[flip].flip(-1)
-    gain = torch.from_numpy(rng.uniform(0.9, 1.1, len(x)).astype(np.float32)).view(-1, 1, 1, 1)
-    bias = torch.from_numpy(rng.uniform(-0.05, 0.05, len(x)).astype(np.float32)).view(-1, 1, 1, 1)
-    return (x * gain + bias).clamp(0, 1), y
 
 
 FOREGROUND_CROP_RATE = 0.5   # share of crops centred on a target infection pixel (when the slice has one)
@@ -109,23 +142,22 @@ def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> tuple[int, int, i
     return tp, fp, fn
 
 
-def evaluate_loss(model, data: SegmenterData, idx: np.ndarray, device, batch_size: int,
+def evaluate_loss(model, images: torch.Tensor, targets: torch.Tensor, device, batch_size: int,
                   cancel: CancelToken | None = None) -> tuple[float, float]:
-    """Mean loss and Dice (against the training targets, ignore pixels excluded) over `idx`, in eval mode."""
+    """Mean loss and Dice (against the given targets, ignore pixels excluded) in eval mode."""
     model.eval()
     total, weight = 0.0, 0
     tp = fp = fn = 0
     with torch.inference_mode():
-        for s in range(0, len(idx), batch_size):
+        for s in range(0, len(images), batch_size):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            b = idx[s:s + batch_size]
-            x = data.images[b].to(device)
-            y = data.targets[b].to(device)
+            x = images[s:s + batch_size].to(device)
+            y = targets[s:s + batch_size].to(device)
             with autocast(device):
                 logits = model(x)
-            total += float(tversky_focal_loss(logits.float(), y.long())) * len(b)
-            weight += len(b)
+            total += float(tversky_focal_loss(logits.float(), y.long())) * len(x)
+            weight += len(x)
             a, c, d = _batch_dice(logits.float(), y)
             tp, fp, fn = tp + a, fp + c, fn + d
     model.train()
@@ -148,8 +180,9 @@ def init_head_prior(model: torch.nn.Module, prior: float = PRIOR_FOREGROUND) -> 
 
 def augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, crop: int | None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch's augmentation: random (foreground-biased) crops, then flips and intensity jitter."""
-    return _jitter(*_random_crop(x, y, crop, rng), rng)
+    """A training batch's augmentation: random (foreground-biased) crops, then flips, a small affine transform
+    and intensity jitter (imaging/augment.py)."""
+    return augment_batch(*_random_crop(x, y, crop, rng), rng)
 
 
 def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, device: torch.device,
@@ -160,11 +193,11 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     epoch, train_step.warmup_cosine), stepped per batch; a resumed run sets the schedule to the steps done."""
     cancel = cancel or CancelToken()
     train_idx, val_idx = data.train_idx, data.val_idx
-    if len(train_idx) == 0:
+    if data.epoch_size == 0:
         raise TrainingError("No slice has a training mask (pseudo mask or pixel label).",
                             "Label some slices infected or clean, then train again.")
-    bs = max(1, min(cfg.batch_size, len(train_idx)))
-    n_batches = (len(train_idx) + bs - 1) // bs
+    bs = max(1, min(cfg.batch_size, data.epoch_size))
+    n_batches = (data.epoch_size + bs - 1) // bs
     if cfg.steps_per_epoch:
         n_batches = min(n_batches, cfg.steps_per_epoch)
     total_steps = cfg.seg_epochs * n_batches
@@ -181,8 +214,9 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     scheduler.last_epoch = (start_epoch - 1) * n_batches      # the schedule continues where the run stopped
     if start_epoch > 1 and start_epoch <= cfg.seg_epochs:
         yield Message(f"resuming the segmenter from epoch {start_epoch - 1} of {cfg.seg_epochs}")
-    val_has_fg = bool(len(val_idx)) and bool((data.targets[torch.from_numpy(val_idx)] == 1).any())
-    if len(val_idx) and not val_has_fg and start_epoch == 1:
+    val_x, val_y = data.validation_set()
+    val_has_fg = bool(len(val_y)) and bool((val_y == 1).any())
+    if len(val_y) and not val_has_fg and start_epoch == 1:
         yield Message("no validation slice has infection in its training mask: the best checkpoint is chosen "
                       "by training loss", "warning")
     model.train()
@@ -190,22 +224,18 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     for epoch in range(start_epoch, cfg.seg_epochs + 1):
         t0 = time.monotonic()
         rng = _epoch_rng(cfg.seed, epoch)
-        order = train_idx[rng.permutation(len(train_idx))]
-        if cfg.steps_per_epoch:
-            order = order[: cfg.steps_per_epoch * bs]
         running, seen = 0.0, 0
-        for bi, s in enumerate(range(0, len(order), bs)):
+        for bi, (x, y) in enumerate(data.epoch_batches(epoch, rng, min(data.epoch_size, n_batches * bs), bs)):
             cancel.raise_if_cancelled()
-            b = order[s:s + bs]
-            running += step(data.images[b], data.targets[b], rng=rng, where=f"at epoch {epoch}") * len(b)
-            seen += len(b)
+            running += step(x, y, rng=rng, where=f"at epoch {epoch}") * len(x)
+            seen += len(x)
             done = (epoch - 1) * n_batches + bi + 1
             rate = (time.monotonic() - started) / (done - first_step)
             yield Progress("segmenter", done, total_steps, f"epoch {epoch}/{cfg.seg_epochs}",
                            eta_s=rate * (total_steps - done))
         train_loss = running / max(seen, 1)
-        if len(val_idx) and val_has_fg:
-            val_loss, val_dice = evaluate_loss(model, data, val_idx, device, bs * 2, cancel)
+        if val_has_fg:
+            val_loss, val_dice = evaluate_loss(model, val_x, val_y, device, bs * 2, cancel)
         else:   # too few slices held out, or none with a lesion to find: choose by training loss
             val_loss, val_dice = train_loss, float("nan")
         if val_loss < best_val:

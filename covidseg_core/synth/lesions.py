@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 
 MIN_LUNG_PIXELS = 100     # a field smaller than this (apex, bases, no lung) gets no lesion
 MIN_LESION_PIXELS = 8
+RETRIES = 8
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,10 @@ def synthesize(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator,
     lung_size = float(np.sqrt(lung.sum()))
     depth = ndi.distance_transform_edt(lung)
     ys, xs = np.nonzero(lung)
-    for _ in range(int(rng.integers(p.n_lesions[0], p.n_lesions[1] + 1))):
+    wanted = int(rng.integers(p.n_lesions[0], p.n_lesions[1] + 1))
+    placed = attempts = 0
+    while placed < wanted and attempts < wanted + RETRIES:      # a blob cut down to a speck by a small lung: retry
+        attempts += 1
         radius = max(2.0, lung_size * float(np.exp(rng.uniform(*np.log(p.radius)))))
         near_pleura = np.flatnonzero(depth[ys, xs] < max(0.6 * radius, 2.0))
         pool = near_pleura if len(near_pleura) and rng.random() < p.pleural_share else np.arange(len(ys))
@@ -142,6 +146,7 @@ def synthesize(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator,
             texture = 1 + 0.25 * _smooth_noise(img.shape, 1.5, rng)
             out = out + alpha * rng.uniform(*p.ggo_level) * lv.gap * texture
         mask |= blob
+        placed += 1
     if value_range is not None:
         out = np.clip(out, *value_range)
     return out.astype(np.float32), mask

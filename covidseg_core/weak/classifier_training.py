@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..events import CancelToken, EpochReport, Progress
+from ..imaging.augment import augment_batch
 from ..imaging.resize import upsample_maps
 from ..infer.device import autocast
 from ..models.classifier import STRIDE, build_classifier, recalibrate_batchnorm
@@ -41,15 +42,12 @@ def compute_cams(model, images: np.ndarray, device: torch.device, batch_size: in
     return np.concatenate(probs), np.concatenate(cams)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random horizontal flip (so which side of the image the lung is on cannot be the feature learned: in half
-    slices one side is mostly infected) and a mild brightness/contrast jitter. Image-level labels: y unchanged."""
-    n = x.shape[0]
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    scale = 1.0 + 0.1 * (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1)
-    shift = 0.05 * (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1)
-    return (x * scale + shift).clamp(0.0, 1.0), y
+def augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips on both axes, a small affine transform and intensity jitter (imaging/augment.py): which side or
+    end of the image a lesion is on, and how the image was windowed, must not be what the classifier learns.
+    Image-level labels: y unchanged."""
+    x, _ = augment_batch(x, None, rng)
+    return x, y
 
 
 class _Tracked:
@@ -84,7 +82,7 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
 
     torch.manual_seed(config.seed)
     np_rng = np.random.default_rng(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    aug_rng = np.random.default_rng([config.seed, 1])      # augmentation's own stream: shuffling stays as it was
     model = build_classifier({"width": config.width}).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     epochs = int(config.cls_epochs)
@@ -108,7 +106,7 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
         started = time.monotonic()
         model.train()
         loss = 0.0
-        for done, loss in _train_epoch(step, images_t, target_t, np_rng.permutation(t.train_idx), gen,
+        for done, loss in _train_epoch(step, images_t, target_t, np_rng.permutation(t.train_idx), aug_rng,
                                        config.batch_size, steps_per_epoch, epoch, cancel):
             yield Progress("classifier", (epoch - 1) * steps_per_epoch + done, epochs * steps_per_epoch,
                            f"epoch {epoch}/{epochs}")
@@ -129,7 +127,7 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
     return model, bank, history
 
 
-def _train_epoch(step: TrainStep, images_t, target_t, order: np.ndarray, gen: torch.Generator, batch_size: int,
+def _train_epoch(step: TrainStep, images_t, target_t, order: np.ndarray, rng: np.random.Generator, batch_size: int,
                  steps: int, epoch: int, cancel: CancelToken):
     """Generator over one epoch's batches: yields (batches done, mean loss so far over the slices seen)."""
     total_loss, n_seen = 0.0, 0
@@ -138,7 +136,7 @@ def _train_epoch(step: TrainStep, images_t, target_t, order: np.ndarray, gen: to
         batch = order[b * batch_size:(b + 1) * batch_size]
         if len(batch) == 0:
             continue
-        loss = step(images_t[batch][:, None], target_t[batch], rng=gen, where=f"at epoch {epoch}, batch {b + 1}")
+        loss = step(images_t[batch][:, None], target_t[batch], rng=rng, where=f"at epoch {epoch}, batch {b + 1}")
         total_loss += loss * len(batch)
         n_seen += len(batch)
         yield b + 1, total_loss / max(n_seen, 1)
