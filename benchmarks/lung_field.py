@@ -4,7 +4,7 @@ Each fold trains the network (scripts/train_lung_model.py) on the other volumes 
 against the expert lung masks (zenodo-dev/lungs): lung Dice (pooled over the volume's slices) and the share of
 infection pixels (zenodo-dev/masks) inside the field. Every slice is scored twice: as the whole 256x256 slice,
 and as its two 256x128 halves predicted one by one and put back side by side (what image folders of half slices
-give the pipeline). The threshold method (covidseg_core.lungs.lung_field) needs no training and is the baseline.
+give the pipeline). The threshold method (covidseg_core.imaging.lungs.lung_field) needs no training and is the baseline.
 
     MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 MALLOC_TOP_PAD_=268435456 \\
     .venv/bin/python benchmarks/lung_field.py --epochs 6 --models out/lung_folds --out docs/results_lung_field.md

@@ -1,7 +1,7 @@
 """The learned lung field on real chest CT outside zenodo-dev (../shared/data/ct-samples), and its picture.
 
 The volumes are read with the project's readers (covidseg_core.io.loader.open_study) and turned into [0, 1]
-slices by covidseg_core.preprocess.to_unit_range, exactly as the pipeline does (HU through the lung window).
+slices by covidseg_core.imaging.windowing.to_unit_range, exactly as the pipeline does (HU through the lung window).
 There are no lung masks for them, so the check is geometric, from the HU values themselves:
 - inside body: share of the field's pixels inside the body (the convex hull of the largest piece of tissue
   above -500 HU, slice by slice; "cropped" volumes, cut inside the body, are body throughout, so this column
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from covidseg_core.atomic import atomic_write  # noqa: E402
 from covidseg_core.io.loader import open_study  # noqa: E402
 from covidseg_core.imaging.lung_model import load_lung_model, predict_lung_fields, threshold_lung_fields  # noqa: E402
-from covidseg_core.preprocess import to_unit_range  # noqa: E402
+from covidseg_core.imaging.windowing import to_unit_range  # noqa: E402
 
 log = logging.getLogger("bench_lung_ct")
 

@@ -94,7 +94,9 @@ class Bench:
         self.results_path.write_text(json.dumps(self.results, indent=2, default=float))
 
     def cfg(self, seed: int, **kw) -> TrainConfig:
-        return TrainConfig(seed=seed, budget_minutes=self.args.budget, **kw)
+        size = {"size": self.args.size} if self.args.size else {}
+        init = {"init": str(self.args.init)} if self.args.init and "init" not in kw else {}
+        return TrainConfig(seed=seed, budget_minutes=self.args.budget, **size, **init, **kw)
 
     def run(self, row: str, seed: int) -> dict:
         key = f"{row}-s{seed}"
@@ -188,6 +190,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="ceiling,off,only,auto", help=f"comma list of {', '.join(ROWS)}, app")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budget", type=float, default=None, help="minutes per run (default: the CPU default)")
+    p.add_argument("--size", type=int, default=None, help="working size (default: the planner's choice)")
+    p.add_argument("--init", default=None, help="segmenter start for the weak rows: prior (the shipped one), none, "
+                   "or a prior file; for unseen-volume rows use a prior trained on the training volumes only")
     p.add_argument("--app-volumes", default="c01,c06,r02")
     p.add_argument("--report", type=Path, default=None, help="write the markdown tables here too")
     args = p.parse_args(argv)

@@ -31,9 +31,10 @@ DEFAULT_SEG_EPOCHS = 40
 FULL_SIZE = 256                  # working size of the fixed schedule
 # A CPU trains on a budget by default, at a smaller working size and width: measured on the 2-core dev machine
 # (benchmarks/budget.py --throughput), size 192 with base 16 runs ~3-4x more segmenter images per second than
-# 256 with base 24, which over a few minutes means several passes over the slices instead of one.
+# 256 with base 24, and size 128 about 1.5x more again; zenodo-dev unseen Dice with the 8-minute budget rose from
+# 0.24 (192) to 0.30 (128) (docs/results.md), and 128 is the size of the label-free prior the segmenter starts from.
 DEFAULT_CPU_BUDGET_MIN = 8.0     # a 300-slice study end to end in <= 10 min (loading, pseudo masks, report)
-CPU_SIZE = 192
+CPU_SIZE = 128
 CPU_BASE = 16
 AUTO = "auto"                    # TrainConfig.size: chosen from the device and the budget (None = native)
 

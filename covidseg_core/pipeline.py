@@ -34,6 +34,7 @@ from .infer.model import load_run_model
 from .infer.predict import predict_masks
 from .results.metrics import summarize
 from .runs import METRICS_NAME, PLAN_NAME, STAGE1_DONE_NAME, RunFolder
+from .seg.prior import matching_prior
 from .seg.targets import build_targets, split_validation
 from .seg.training import prepare_segmenter_data, train_segmenter
 from .synth.study import study_supply
@@ -248,6 +249,15 @@ def _gt_report(model_run: RunFolder, slices, targets, has_target, source, val_id
     return report
 
 
+def _segmenter_start(cfg: TrainConfig):
+    """Generator: the weights the segmenter starts from (None: random), with a note saying which and why."""
+    if cfg.init == "none":
+        return None
+    state, note = matching_prior(cfg.model_spec(), cfg.size, None if cfg.init == "prior" else Path(cfg.init))
+    yield Message(note)
+    return state
+
+
 def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
     """Options that cannot work, before anything is read or written."""
     if any(e is not None and e < 1 for e in (cfg.cls_epochs, cfg.seg_epochs)):
@@ -256,6 +266,8 @@ def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
         raise InputError(f"Unknown fusion '{cfg.fusion}'.", "Use avg, max or none.")
     if cfg.synthetic not in SYNTHETIC_MODES:
         raise InputError(f"Unknown synthetic mode '{cfg.synthetic}'.", f"Use {', '.join(SYNTHETIC_MODES)}.")
+    if cfg.init not in ("prior", "none") and not Path(cfg.init).is_file():
+        raise InputError(f"--init {cfg.init}: no such file.", "Use prior, none, or the path of a prior file.")
     if cfg.lung_method not in LUNG_METHODS:
         raise InputError(f"Unknown lung-field method '{cfg.lung_method}'.", f"Use {' or '.join(LUNG_METHODS)}.")
     if cfg.pixel_labels and not Path(cfg.pixel_labels).is_dir():
@@ -331,7 +343,9 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
                                       supply.source, supply.share, supply.n_validation)
     n_report = int(slices.has_gt.sum()) if slices.has_gt is not None else 0
     yield from budget.plan_stage2(seg_data, cfg, dev, cancel, n_report)
-    seg_summary = yield from relay(train_segmenter(seg_data, budget.resolved(cfg), run, dev, cancel),
+    resolved = budget.resolved(cfg)
+    init_state = yield from _segmenter_start(resolved)
+    seg_summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state),
                                    budget.with_eta)
     report = yield from relay(_gt_report(run, slices, targets, has_target, source, val_idx, dev, cancel),
                               budget.with_eta)

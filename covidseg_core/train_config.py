@@ -30,6 +30,8 @@ class TrainConfig:
     pixel_labels: str | None = None   # folder of user masks (PNG 0/255 named as the images)
     synthetic: str = "auto"           # auto | off | only: synthetic lesions on clean slices in stage 2 (synth/)
     lung_method: str = "model"        # model | threshold: how lung fields are found (imaging/lung_model.py)
+    init: str = "prior"               # prior: start the segmenter from the label-free prior when it fits the
+    #                                   run's network and size (seg/prior.py); none: random weights; or a path
     fast: bool = False
 
     def options(self) -> dict:

@@ -31,7 +31,7 @@ def budget_minutes(text: str) -> float:
 
 BUDGET_HELP = ("train for about MINUTES in all: the speed of both stages is measured on their first steps and "
                "their epochs are sized to fit (README, 'Training on a time budget'). Default: 8 on a CPU (at size "
-               "192 and width 16 unless --size is given), none on CUDA. 0 = the fixed schedule (30 + 40 epochs at "
+               "128 and width 16 unless --size is given), none on CUDA. 0 = the fixed schedule (30 + 40 epochs at "
                "size 256). An explicit --cls-epochs or --seg-epochs wins for its stage; the budget then sizes the "
                "other. A budget too small for one epoch trains one, with a warning")
 
@@ -46,7 +46,7 @@ def _add_stage1_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--size", type=positive_int, default=None,
                    help="longer side slices are scaled to for training and prediction (default 256; for a budgeted "
-                   "run on a CPU 192, or the slices' own size if smaller)")
+                   "run on a CPU 128, or the slices' own size if smaller)")
     p.add_argument("--cls-epochs", type=positive_int, default=None,
                    help="classifier epochs (wins over --budget for stage 1; default: the budget's choice, or 30)")
     p.add_argument("--seed", type=int, default=None)
@@ -64,6 +64,7 @@ def _train_config(args, seg: bool):
         "fusion": args.fusion, "size": args.size, "cls_epochs": args.cls_epochs, "seed": args.seed,
         "budget_minutes": getattr(args, "budget", None), "lung_method": args.lung_method,
         "synthetic": getattr(args, "synthetic", None) if seg else None,
+        "init": getattr(args, "init", None) if seg else None,
         "seg_epochs": getattr(args, "seg_epochs", None) if seg else None,
         "pixel_labels": str(args.pixel_labels.resolve()) if getattr(args, "pixel_labels", None) else None,
     }.items() if v is not None}
@@ -96,7 +97,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_stage1_options(p)
     p.add_argument("--budget", type=budget_minutes, default=None, metavar="MINUTES",
                    help="train the classifier for about MINUTES in all, pseudo masks included (measured on its "
-                   "first epoch, at size 192 on a CPU unless --size is given; --cls-epochs wins). Default: no "
+                   "first epoch, at size 128 on a CPU unless --size is given; --cls-epochs wins). Default: no "
                    "budget, the fixed 30 epochs at size 256")
     p.set_defaults(func=cmd_pseudo)
 
@@ -113,6 +114,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="synthetic lesions drawn on the clean slices, with exact masks: auto (default) mixes them with "
                    "the CAM pseudo masks of the infected slices; only trains on them and the clean slices (label-"
                    "free); off is the paper's method. Without a clean slice: off, with a note")
+    t.add_argument("--init", default=None, metavar="prior|none|FILE",
+                   help="where the segmenter starts: prior (default) = the label-free prior shipped with covidseg "
+                   "(trained on synthetic lesions only) when it fits the run's network and size, else random "
+                   "weights; none = random weights; FILE = another prior file (scripts/train_synthetic_prior.py)")
     t.add_argument("--pixel-labels", type=Path, default=None,
                    help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
                    "for those slices")

@@ -299,7 +299,7 @@ def predict_lung_fields(model: LungNet, images01: np.ndarray, batch_size: int = 
 
 
 def threshold_lung_fields(images01: np.ndarray) -> np.ndarray:
-    """The image-threshold lung field (covidseg_core.lungs), slice by slice: the fallback and the baseline."""
+    """The image-threshold lung field (imaging/lungs.py), slice by slice: the fallback and the baseline."""
     from .lungs import lung_field
 
     images = np.asarray(images01, dtype=np.float32)

@@ -186,11 +186,12 @@ def augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, crop: in
 
 
 def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, device: torch.device,
-                    cancel: CancelToken | None = None):
+                    cancel: CancelToken | None = None, init_state: dict | None = None):
     """Generator: trains (or resumes) the segmenter, checkpointing every epoch; returns a summary dict.
 
     AdamW, its learning rate a linear warm-up then cosine decay over all the run's steps (seg_epochs x steps per
-    epoch, train_step.warmup_cosine), stepped per batch; a resumed run sets the schedule to the steps done."""
+    epoch, train_step.warmup_cosine), stepped per batch; a resumed run sets the schedule to the steps done.
+    `init_state`: weights to start from instead of random ones (the label-free prior, seg/prior.py)."""
     cancel = cancel or CancelToken()
     train_idx, val_idx = data.train_idx, data.val_idx
     if data.epoch_size == 0:
@@ -204,6 +205,8 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     torch.manual_seed(cfg.seed)
     model = build_from_spec(cfg.model_spec())
     init_head_prior(model)
+    if init_state is not None:       # a starting point (seg/prior.py); a resumed run loads its checkpoint over it
+        model.load_state_dict(init_state)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
