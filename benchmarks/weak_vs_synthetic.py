@@ -36,8 +36,9 @@ from covidseg_core.events import EpochReport, Message, drive  # noqa: E402
 from covidseg_core.infer.model import load_run_model  # noqa: E402
 from covidseg_core.infer.predict import predict_masks  # noqa: E402
 from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
-from covidseg_core.results.metrics import summarize  # noqa: E402
+from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
 from covidseg_core.train_config import TrainConfig  # noqa: E402
+from covidseg_core.weak.scoring import classifier_probabilities  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -113,6 +114,9 @@ class Bench:
                 kw["pixel_labels"] = str(self._pixel_masks(seed))
             metrics = drive(train_job(self.args.data, folder, self.cfg(seed, **kw), slices=self.train), _log)
         value = {"row": row, "seed": seed, "unseen": scores(folder, self.test),
+                 "classifier_auc_unseen": None if row == "ceiling" else round(roc_auc(
+                     classifier_probabilities(folder, self.test.images),
+                     np.array([lab == "infected" for lab in self.test.labels])), 4),
                  "seconds": round(time.monotonic() - t0, 1), "plan": metrics.get("plan"),
                  "synthetic": (metrics.get("segmenter") or {}).get("synthetic"),
                  "train_report": metrics.get("ground_truth_report")}
@@ -154,14 +158,15 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def report(bench: Bench, rows: list[str], seeds: list[int], app_volumes: list[str]) -> str:
-    lines = ["| segmenter trained on | runs | " + " | ".join(KEYS) + " | clean slices marked |",
-             "|---|---|" + "---|" * (len(KEYS) + 1)]
+    lines = ["| segmenter trained on | runs | " + " | ".join(KEYS) + " | clean slices marked | classifier AUC |",
+             "|---|---|" + "---|" * (len(KEYS) + 2)]
     for row in rows:
         runs = [bench.results[k] for k in (f"{row}-s{s}" for s in seeds) if k in bench.results]
         if not runs:
             continue
         cells = [_mean_spread([r["unseen"][k] for r in runs]) for k in KEYS]
         cells.append(_mean_spread([r["unseen"]["clean_slices_marked"] for r in runs]))
+        cells.append(_mean_spread([r.get("classifier_auc_unseen") for r in runs]))
         lines.append(f"| {ROWS[row]} | {len(runs)} | " + " | ".join(cells) + " |")
     per_vol = ["", "Dice mean per unseen volume (mean over seeds):", "",
                "| row | " + " | ".join(TEST_VOLUMES) + " |", "|---|" + "---|" * len(TEST_VOLUMES)]

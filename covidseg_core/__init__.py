@@ -11,12 +11,18 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   data.py              SliceSet: a study's slices in [0, 1] with labels, groups, optional ground truth
   project/             api (Project), store (snapshot, journal, lock), ops (changes as a table), corrections
   runs.py              RunFolder: the only owner of paths inside a run (checkpoints, pseudo/, cams/, epochs...)
-  imaging/             windowing, resize (every resize), lungs (lung field and density cues)
+  imaging/             windowing, resize (every resize), lungs (threshold lung field, density cues), lung_model
+                       (the learned lung field, its packaged weights, the fallback), augment (both stages' augmentation)
   models/              blocks, classifier (CAM), segmenter (LightUNet, build_from_spec), unet
-  infer/               device (device, precision, grad scaler), model (load a run), predict (predict a study)
+  infer/               device (device, precision, grad scaler), model (load a run), predict (predict a study),
+                       postprocess (masks kept inside the lung field, specks dropped)
   train_step.py        TrainStep: the optimisation step both stages share (augment, AMP, scaler, LR schedule)
-  weak/                stage 1: config, classifier_training, cam (fusion), pseudo_masks, losses, job
-  seg/                 stage 2: targets (supervision, validation split), losses, training (the segmenter loop)
+  weak/                stage 1: config, classifier_training, cam (fusion), pseudo_masks, losses, job, scoring
+                       (a run's classifier applied to any slices)
+  synth/               synthetic lesions on clean slices: lesions (the synthesiser), calibrate (levels from CAMs),
+                       source (fresh pairs per epoch), study (a run's supply), folder (`covidseg synth`)
+  seg/                 stage 2: targets (supervision, validation split), losses, training (the segmenter loop),
+                       prior (the label-free starting weights shipped in resources/)
   results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export
   budget.py            the time-budget planner: device defaults, the split between the stages, ETA (no torch)
   train_config.py      TrainConfig and the --fast preset (plain data, no torch)
