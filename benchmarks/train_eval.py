@@ -36,32 +36,26 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.events import drive  # noqa: E402
 from covidseg_core.infer.model import load_run_model  # noqa: E402
-from covidseg_core.infer.predict import predict_masks, predict_probabilities  # noqa: E402
+from covidseg_core.infer.predict import predict_probabilities  # noqa: E402
 from covidseg_core.constants import IGNORE  # noqa: E402
-from covidseg_core.results.metrics import summarize  # noqa: E402
 from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
 from covidseg_core.seg.targets import build_targets  # noqa: E402
 from covidseg_core.train_config import TrainConfig  # noqa: E402
+from _zenodo import TEST_VOLUMES, TRAIN_VOLUMES, scores  # noqa: E402
 
 log = logging.getLogger("bench")
 
-TRAIN_VOLUMES = ("c01", "c02", "c03", "c04", "c05")
-TEST_VOLUMES = ("c06", "c07", "r01", "r02", "r03")
 KEYS = ("dice_mean", "sensitivity_mean", "specificity_mean", "dice_pooled", "sensitivity_pooled",
         "specificity_pooled")
 
 
 def evaluate_run(run: Path, test) -> dict:
-    lm = load_run_model(run, "auto")
-    t0 = time.monotonic()
-    preds = drive(predict_masks(lm, test.images))
-    scores = summarize(list(preds), list(test.gt_masks))
-    scores["predict_seconds"] = round(time.monotonic() - t0, 2)
-    return scores
+    return scores(run, test)
 
 
 class Bench:

@@ -30,21 +30,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.events import EpochReport, Message, drive  # noqa: E402
-from covidseg_core.infer.model import load_run_model  # noqa: E402
-from covidseg_core.infer.predict import predict_masks  # noqa: E402
 from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
-from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
+from covidseg_core.results.metrics import roc_auc  # noqa: E402
 from covidseg_core.train_config import TrainConfig  # noqa: E402
 from covidseg_core.weak.scoring import classifier_probabilities  # noqa: E402
+from _zenodo import DATA, TEST_VOLUMES, scores, split  # noqa: E402
 
 log = logging.getLogger("bench")
 
-DATA = ROOT.parent / "shared" / "data" / "zenodo-dev"
-TRAIN_VOLUMES = ("c01", "c02", "c03", "c04", "c05")
-TEST_VOLUMES = ("c06", "c07", "r01", "r02", "r03")
 KEYS = ("dice_mean", "dice_pooled", "sensitivity_mean", "specificity_mean", "sensitivity_pooled",
         "specificity_pooled")
 ROWS = {
@@ -64,20 +61,6 @@ def _log(event) -> None:
         log.info("%s", event.text)
 
 
-def scores(run: Path, test) -> dict:
-    lm = load_run_model(run, "auto")
-    t0 = time.monotonic()
-    preds = drive(predict_masks(lm, test.images))
-    out = summarize(list(preds), list(test.gt_masks))
-    gts = test.gt_masks.reshape(len(test), -1).any(1)
-    out["clean_slices_marked"] = float(preds.reshape(len(test), -1).any(1)[~gts].mean()) if (~gts).any() else None
-    out["per_volume_dice_mean"] = {
-        v: round(summarize(list(preds[k]), list(test.gt_masks[k]))["dice_mean"], 4)
-        for v in sorted(set(test.groups)) for k in [np.array(test.groups) == v]}
-    out["predict_seconds"] = round(time.monotonic() - t0, 1)
-    return out
-
-
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -87,8 +70,7 @@ class Bench:
         self.results = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
         self.all = load_slice_set(args.data)
         self.vols = np.array(self.all.groups)
-        self.train = self.all.subset(np.flatnonzero(np.isin(self.vols, TRAIN_VOLUMES)))
-        self.test = self.all.subset(np.flatnonzero(np.isin(self.vols, TEST_VOLUMES)))
+        self.train, self.test = split(self.all)
 
     def save(self, key: str, value: dict) -> None:
         self.results[key] = value

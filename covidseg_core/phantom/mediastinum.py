@@ -119,7 +119,7 @@ def dome_height(x, y) -> np.ndarray:
 def paint_abdomen(hu, g: Shapes, t, cavity, domes: np.ndarray) -> np.ndarray:
     """Draw what lies below the diaphragm at t (`domes`: dome_height() on the grid); return where the lungs
     may be (above the diaphragm)."""
-    x, y = g.x, g.y
+    y = g.y
     dome = domes
     below = cavity & (t < dome + DIAPHRAGM_T)
     if not below.any():

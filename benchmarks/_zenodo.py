@@ -1,0 +1,39 @@
+"""What the zenodo-dev benchmarks share: the volume split and how a run is scored on held-out slices."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from covidseg_core.events import drive
+from covidseg_core.infer.model import load_run_model
+from covidseg_core.infer.predict import predict_masks
+from covidseg_core.results.metrics import summarize
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "zenodo-dev"
+TRAIN_VOLUMES = ("c01", "c02", "c03", "c04", "c05")
+TEST_VOLUMES = ("c06", "c07", "r01", "r02", "r03")
+
+
+def split(slices):
+    """(training-volume slices, unseen-volume slices) of a zenodo-dev SliceSet."""
+    vols = np.array(slices.groups)
+    return (slices.subset(np.flatnonzero(np.isin(vols, TRAIN_VOLUMES))),
+            slices.subset(np.flatnonzero(np.isin(vols, TEST_VOLUMES))))
+
+
+def scores(run: Path, test) -> dict:
+    """A run's predicted masks (as `covidseg predict` makes them) against the ground truth of `test`: the metrics
+    of results.metrics.summarize, the share of clean slices with any mark, Dice mean per volume, seconds."""
+    lm = load_run_model(run, "auto")
+    t0 = time.monotonic()
+    preds = drive(predict_masks(lm, test.images))
+    out = summarize(list(preds), list(test.gt_masks))
+    gts = test.gt_masks.reshape(len(test), -1).any(1)
+    out["clean_slices_marked"] = float(preds.reshape(len(test), -1).any(1)[~gts].mean()) if (~gts).any() else None
+    out["per_volume_dice_mean"] = {
+        v: round(summarize(list(preds[k]), list(test.gt_masks[k]))["dice_mean"], 4)
+        for v in sorted(set(test.groups)) for k in [np.array(test.groups) == v]}
+    out["predict_seconds"] = round(time.monotonic() - t0, 1)
+    return out
