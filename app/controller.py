@@ -218,7 +218,7 @@ class Controller(QObject):
         self.later(("runs",), s.runs_changed.emit)
 
     # --- export ----------------------------------------------------------------------------------------------------
-    def export(self, which: str, path: str | Path) -> None:
+    def export(self, which: str, path: str | Path, overwrite: bool = False) -> None:
         s = self.session
 
         def done(result: tasks.Exported) -> None:
@@ -227,5 +227,5 @@ class Controller(QObject):
             self.exported.emit(result)
             self.window.show_status(f"Exported {result.mask}")
 
-        self.run_job("Exporting", tasks.export_job(s.project, s.source_id, Path(path), which), done,
+        self.run_job("Exporting", tasks.export_job(s.project, s.source_id, Path(path), which, overwrite), done,
                      lambda exc: self.export_failed.emit(str(exc)))

@@ -150,7 +150,7 @@ def quantify_job(project, source_id: str, study: Study, prediction: np.ndarray |
     return job
 
 
-def export_job(project, source_id: str, path: Path, which: str):
+def export_job(project, source_id: str, path: Path, which: str, overwrite: bool = False):
     """covidseg_core.results.export: the mask (the newest prediction, with corrections when `which` is
     "corrected") as NIfTI in the source geometry, and `<name>.quant.json/.csv` beside it. Done(Exported)."""
     import json
@@ -158,7 +158,8 @@ def export_job(project, source_id: str, path: Path, which: str):
     from covidseg_core.results.export import export_project
 
     def job(cancel: CancelToken) -> Iterator:
-        result = yield from relay(export_project(project, path, source_id=source_id, which=which, cancel=cancel))
+        export = export_project(project, path, source_id=source_id, which=which, cancel=cancel, overwrite=overwrite)
+        result = yield from relay(export)
         quant_json = next((p for p in result.get("quantification", []) if p.endswith(".json")), None)
         quant = json.loads(Path(quant_json).read_text(encoding="utf-8")) if quant_json else None
         yield Done(Exported(result["mask"], [result["mask"], *result.get("quantification", [])], quant))

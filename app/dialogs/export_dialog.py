@@ -6,11 +6,14 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QProgressBar, QPushButton, QRadioButton, QVBoxLayout, QWidget)
+                               QLineEdit, QMessageBox, QProgressBar, QPushButton, QRadioButton, QVBoxLayout,
+                               QWidget)
+
+from covidseg_core.results.export import export_files
 
 
 class ExportDialog(QDialog):
-    export_requested = Signal(str, str)    # "corrected" | "predicted", path
+    export_requested = Signal(str, str, bool)    # "corrected" | "predicted", path, replace existing files
 
     def __init__(self, default_path: Path, has_prediction: bool, n_corrected: int, parent: QWidget | None = None):
         super().__init__(parent)
@@ -68,10 +71,20 @@ class ExportDialog(QDialog):
         if not text.lower().endswith((".nii.gz", ".nii")):
             text += ".nii.gz"
             self.path.setText(text)
+        existing = [p for p in export_files(text) if p.exists()]
+        if existing and not self.confirm_replace(existing):
+            return
         self.export_button.setEnabled(False)
         self.progress.setRange(0, 0)
         self.result.setText("Exporting…")
-        self.export_requested.emit(self.what(), text)
+        self.export_requested.emit(self.what(), text, bool(existing))
+
+    def confirm_replace(self, existing: list[Path]) -> bool:
+        """An existing export is replaced only when the user says so."""
+        names = "\n".join(p.name for p in existing)
+        answer = QMessageBox.question(self, "Replace the existing files?",
+                                      f"These files already exist in {existing[0].parent}:\n{names}\n\nReplace them?")
+        return answer == QMessageBox.StandardButton.Yes
 
     def set_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))

@@ -14,7 +14,8 @@ def cmd_predict(args) -> int:
 
     configure_cpu_threads()
     summary = run_job(predict_job(args.run, args.input, args.out, device=args.device, batch_size=args.batch_size,
-                                  series_uid=args.series, precision=args.precision), quiet=args.quiet)
+                                  series_uid=args.series, precision=args.precision,
+                                  overwrite=args.overwrite), quiet=args.quiet)
     print_json(summary)
     return 0
 
@@ -30,7 +31,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("predict", help="masks for a study: PNGs for an image folder, NIfTI for a DICOM/NIfTI volume")
     r.add_argument("--run", required=True, type=Path, help="run folder made by `covidseg train`")
     r.add_argument("--input", required=True, type=Path, help="image folder, DICOM folder or NIfTI file")
-    r.add_argument("--out", required=True, type=Path, help="output folder")
+    r.add_argument("--out", required=True, type=Path, help="output folder (never the input's own folder)")
+    r.add_argument("--overwrite", action="store_true", help="replace masks already in --out")
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     r.add_argument("--batch-size", type=positive_int, default=None)
     r.add_argument("--series", default=None, help="SeriesInstanceUID when a DICOM folder holds several")

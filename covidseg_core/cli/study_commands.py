@@ -40,7 +40,8 @@ def cmd_export(args) -> int:
 
     project = Project.open(args.project, read_only=True)
     try:
-        result = run_job(export_project(project, args.out, source_id=args.source, which=args.masks), args.quiet)
+        result = run_job(export_project(project, args.out, source_id=args.source, which=args.masks,
+                                       overwrite=args.overwrite), args.quiet)
     finally:
         project.close()
     print_json(result)
@@ -90,6 +91,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--source", default=None, help="source id, when the project holds several studies")
     e.add_argument("--masks", choices=("corrected", "predicted"), default="corrected",
                    help="corrected: predictions with the user's corrections applied (default)")
+    e.add_argument("--overwrite", action="store_true", help="replace the export files if they exist")
     e.set_defaults(func=cmd_export)
 
     g = sub.add_parser("gui", help="open the desktop app")

@@ -23,6 +23,7 @@ from ..imaging.windowing import to_unit_range
 from ..io.images import image_dir, list_images, read_gray
 from ..io.loader import detect_kind, open_study
 from ..io.nifti import volume_suffix, write_mask_nifti
+from ..outputs import refuse_existing, refuse_protected, study_protected
 from ..imaging.lung_model import compute_lung_fields
 from .device import inference_autocast
 from .model import LoadedModel, default_batch_size, load_run_model
@@ -96,14 +97,44 @@ def volume_mask_name(source: Path) -> str:
     return f"{stem or 'study'}_mask.nii.gz"
 
 
-def _predict_image_folder(lm, folder: Path, out: Path, batch_size, cancel):
-    from PIL import Image
-
+def _image_files(folder: Path) -> list[Path]:
     src = image_dir(folder)
     files = list_images(src)
     if not files:
         raise InputError(f"No PNG/JPG images in {src}.", "Choose a folder with slice images, a DICOM folder "
                          "or a NIfTI file.")
+    return files
+
+
+def _input_protected(input_path: Path, kind: str) -> list[tuple[Path, str]]:
+    """The input and, for a data set's images/ folder, the ground truth beside it (masks/)."""
+    protected = study_protected(input_path, "the input")
+    if kind == "images" and input_path.name == "images":
+        protected.append((input_path.parent / "masks", "the ground-truth masks beside the input"))
+    return protected
+
+
+def _output_targets(input_path: Path, kind: str, out: Path) -> list[Path]:
+    if kind == "images":
+        return [out / _mask_name(p.name) for p in _image_files(input_path)]
+    return [out / volume_mask_name(input_path)]
+
+
+def check_outputs(input_path: Path, kind: str, out: Path, overwrite: bool) -> None:
+    """Before any work: the masks go neither into the input nor over existing files (unless `overwrite`)."""
+    protected = _input_protected(input_path, kind)
+    hint = "Choose an --out folder outside the input data."
+    refuse_protected(out, protected, hint)
+    targets = _output_targets(input_path, kind, out)
+    for target in targets:      # a mask file that is a link into the data is refused too
+        refuse_protected(target, protected, hint)
+    refuse_existing(targets, overwrite, "Choose an empty --out folder, or pass --overwrite to replace them.")
+
+
+def _predict_image_folder(lm, folder: Path, out: Path, batch_size, cancel):
+    from PIL import Image
+
+    files = _image_files(folder)
     # slices of different sizes are allowed: predict them in groups of one size
     by_shape: dict[tuple, list[Path]] = {}
     arrays: dict[Path, np.ndarray] = {}
@@ -151,10 +182,12 @@ def _predict_volume(lm, path: Path, out: Path, batch_size, cancel, series_uid=No
 
 def predict_job(run: str | Path, input_path: str | Path, out: str | Path, device: str = "auto",
                 batch_size: int | None = None, cancel: CancelToken | None = None, series_uid: str | None = None,
-                precision: str = "auto"):
-    """Generator job for `covidseg predict`: yields Progress/Message, ends with Done(summary dict)."""
+                precision: str = "auto", overwrite: bool = False):
+    """Generator job for `covidseg predict`: yields Progress/Message, ends with Done(summary dict). Refuses to
+    write into the input, or over existing masks unless `overwrite`."""
     input_path, out = Path(input_path), Path(out)
     kind = detect_kind(input_path)
+    check_outputs(input_path, kind, out, overwrite)
     lm = load_run_model(run, device, precision)
     yield Message(f"model of run {lm.run} (epoch {lm.epoch}) on {lm.device}")
     started = time.monotonic()

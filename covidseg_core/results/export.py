@@ -14,6 +14,7 @@ from ..errors import InputError, ProjectError
 from ..events import CancelToken, Done, Message, Progress
 from ..io.loader import open_study
 from ..io.nifti import write_mask_nifti
+from ..outputs import refuse_existing, refuse_protected, study_protected
 from ..runs import RunFolder
 from ..study import Study
 from .quantify import quantify, write_quantification
@@ -74,9 +75,17 @@ def assemble_mask(project, source_id: str, study: Study, which: str = "corrected
     return mask, {"run": run, "corrected_slices": len(corrected), "which": which}
 
 
+def export_files(out: str | Path) -> list[Path]:
+    """The files an export to `out` writes: the mask and its `.quant.json` / `.quant.csv`."""
+    out = Path(out)
+    stem = out.name[:-7] if out.name.endswith(".nii.gz") else out.name[:-4]
+    return [out, *(out.with_name(f"{stem}.quant.{ext}") for ext in ("json", "csv"))]
+
+
 def export_project(project, out: str | Path, source_id: str | None = None, which: str = "corrected",
-                   cancel: CancelToken | None = None):
-    """Job: write `out` (.nii.gz, uint8 0/1) for one source (the only or given one) plus `<out>.quant.{json,csv}`."""
+                   cancel: CancelToken | None = None, overwrite: bool = False):
+    """Job: write `out` (.nii.gz, uint8 0/1) for one source (the only or given one) plus `<out>.quant.{json,csv}`.
+    Never into a study of the project; over existing files only with `overwrite` (the app asks first)."""
     out = Path(out)
     if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
         raise InputError(f"{out} is not a NIfTI file name.", "Name the export like masks.nii.gz.")
@@ -89,6 +98,11 @@ def export_project(project, out: str | Path, source_id: str | None = None, which
             raise InputError(f"The project holds {len(sources)} studies ({ids}).", "Choose one with --source.")
         source_id = sources[0]["id"]
     record = project.source(source_id)
+    targets = export_files(out)
+    protected = [p for s in sources for p in study_protected(project.source_path(s["id"]), f"the study {s['id']}")]
+    for target in targets:
+        refuse_protected(target, protected, "Choose an export file outside the studies' files and folders.")
+    refuse_existing(targets, overwrite, "Choose another file name, or pass --overwrite to replace them.")
     yield Progress("export", 0, 3, "reading the study")
     study = open_study(project.source_path(source_id), series_uid=record.get("series_uid"))
     if cancel:
@@ -97,9 +111,8 @@ def export_project(project, out: str | Path, source_id: str | None = None, which
     mask, info = assemble_mask(project, source_id, study, which)
     write_mask_nifti(mask, study, out)
     yield Progress("export", 2, 3, "measuring infected volume")
-    stem = out.name[:-7] if out.name.endswith(".nii.gz") else out.name[:-4]
     quant = quantify(study, mask)
-    json_path, csv_path = write_quantification(quant, out.with_name(stem + ".quant"))
+    json_path, csv_path = write_quantification(quant, targets[1].with_suffix(""))
     if not study.is_hu:
         yield Message("The study is not in HU (an image folder): volumes assume 1 mm pixels unless its spacing "
                       "is known.", "warning")
