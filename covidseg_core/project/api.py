@@ -18,6 +18,7 @@ lock), ops.py (applying changes), corrections.py (mask files).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..atomic import atomic_write_bytes, atomic_write_json
+from ..atomic import atomic_write_bytes
 from ..constants import DEVICES, FUSION_MODES, LABELS, SYNTHETIC_MODES
 from ..errors import InputError, LabelError, ProjectError
 from . import store
@@ -94,6 +95,7 @@ class Project:
         self._undo: list[_Change] = []
         self._redo: list[_Change] = []
         self._closed = False
+        self._good_snapshot: bytes | None = None   # the last project.json known good, kept for recovery
         self.warnings: list[str] = []   # what was noticed on open (skipped journal lines, dropped entries)
         self._load_document(doc)
 
@@ -120,7 +122,8 @@ class Project:
             project = cls(folder, doc, read_only=False, lock=lock)
             try:
                 atomic_write_bytes(folder / store.JOURNAL_FILE, b"")
-                atomic_write_json(folder / store.PROJECT_FILE, project._document())
+                project._good_snapshot = None
+                project._write_snapshot()
                 project._journal = store.Journal(folder / store.JOURNAL_FILE)
             except OSError as err:
                 raise ProjectError(f"Cannot write the project in {folder}: {err.strerror or err}.",
@@ -149,13 +152,30 @@ class Project:
         lock = None if read_only else store.FolderLock(folder)
         project = None
         try:
-            doc, raw, stored_version = store.read_snapshot(snapshot)
-            project = cls(folder, doc, read_only=read_only, lock=lock)
-            records, warnings = store.read_journal(folder / store.JOURNAL_FILE)
+            try:
+                doc, raw, stored_version = store.read_snapshot(snapshot)
+                project = cls(folder, doc, read_only=read_only, lock=lock)
+                records, warnings = store.read_journal(folder / store.JOURNAL_FILE)
+                recovered = False
+            except store.DamagedSnapshot as damaged:
+                doc, raw, stored_version, records, warnings = store.recover(folder, damaged)
+                try:
+                    project = cls(folder, doc, read_only=read_only, lock=lock)
+                except store.DamagedSnapshot:
+                    raise damaged from None
+                recovered = True
             project.warnings += warnings
             project._replay(records)
+            if recovered:
+                # the next snapshot is the new base for recovery: the damaged one never is
+                project._good_snapshot = None
+                if not read_only:
+                    atomic_write_bytes(folder / store.DAMAGED_FILE, snapshot.read_bytes())
+            else:
+                project._good_snapshot = raw
             if not read_only:
-                project._start_writing(raw, stored_version, journal_has_content=bool(records or warnings))
+                project._start_writing(raw, stored_version,
+                                       journal_has_content=bool(records or warnings or recovered))
         except BaseException:
             if project is not None and project._journal is not None:
                 project._journal.close()
@@ -229,7 +249,7 @@ class Project:
         def expect(key: str, kind: type, default: Any) -> Any:
             value = doc.get(key, default)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ProjectError(f"The project file {where} is damaged ('{key}' has the wrong type).",
+                raise store.DamagedSnapshot(f"The project file {where} is damaged ('{key}' has the wrong type).",
                                    "Restore project.json from a backup.")
             return value
 
@@ -274,11 +294,26 @@ class Project:
         with self._lock:
             self._check_writable()
             try:
-                atomic_write_json(self._folder / store.PROJECT_FILE, self._document())
+                self._write_snapshot()
                 self._journal.reset()
             except OSError as err:
                 raise ProjectError(f"Cannot save the project file in {self._folder}: {err.strerror or err}.",
                                    "Check free space and permissions; your changes are kept in the journal.") from err
+
+    def _write_snapshot(self) -> None:
+        """project.json with every change so far; first the snapshot it replaces and the journal since then are
+        kept (store.py), in an order where a kill at any point leaves a complete set to recover from."""
+        folder = self._folder
+        data = (json.dumps(self._document(), indent=2) + "\n").encode("utf-8")
+        if self._good_snapshot is None:
+            prev, since = data, b""
+        else:
+            journal = folder / store.JOURNAL_FILE
+            prev, since = self._good_snapshot, (journal.read_bytes() if journal.is_file() else b"")
+        atomic_write_bytes(folder / store.PREV_FILE, prev)
+        atomic_write_bytes(folder / store.PREV_JOURNAL_FILE, since)
+        atomic_write_bytes(folder / store.PROJECT_FILE, data)
+        self._good_snapshot = data
 
     # ------------------------------------------------------------------------------------ applying changes
     def _apply_op(self, op: dict) -> None:

@@ -7,6 +7,9 @@
 - On open the snapshot is read and the journal lines after `journal_seq` are replayed. A kill can only tear the
   line being written, which was never reported done: it is skipped (with a warning), never a crash.
 - `project.lock` holds an OS lock while a project is open for writing, so two windows cannot interleave changes.
+- Each compaction first keeps the snapshot it replaces as `project.prev.json` and the journal lines since it as
+  `journal.prev.jsonl`. A project.json damaged outside the program (a truncated copy, a failing disk) is then
+  rebuilt from those two plus the journal, and the damaged file is kept as `project.damaged.json`.
 """
 from __future__ import annotations
 
@@ -34,6 +37,13 @@ VERSION = 1
 PROJECT_FILE = "project.json"
 JOURNAL_FILE = "journal.jsonl"
 LOCK_FILE = "project.lock"
+PREV_FILE = "project.prev.json"
+PREV_JOURNAL_FILE = "journal.prev.jsonl"
+DAMAGED_FILE = "project.damaged.json"
+
+
+class DamagedSnapshot(ProjectError):
+    """project.json cannot be parsed or has the wrong structure: a case for recovery from the kept snapshot."""
 
 # Format upgrades: MIGRATIONS[v] turns a version-v document into a version-(v+1) one. Empty while only v1 exists;
 # when v2 comes, add MIGRATIONS[1] here and older projects open transparently (their v1 file is kept as a backup).
@@ -72,7 +82,7 @@ def read_snapshot(path: Path) -> tuple[dict, bytes, int]:
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProjectError(f"The project file {path} is damaged and cannot be read ({err}).",
+        raise DamagedSnapshot(f"The project file {path} is damaged and cannot be read ({err}).",
                            "Restore project.json from a backup; nothing in the folder was changed.") from err
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ProjectError(f"{path} is not a CovidSeg Assist project file.",
@@ -80,6 +90,30 @@ def read_snapshot(path: Path) -> tuple[dict, bytes, int]:
     stored_version = doc.get("version")
     doc = migrate(doc, path)
     return doc, raw, stored_version
+
+
+def recover(folder: Path, damaged: DamagedSnapshot) -> tuple[dict, bytes, int, list[dict], list[str]]:
+    """The kept snapshot (project.prev.json) with the journal lines after it, for a damaged project.json:
+    (document, its bytes, its stored version, journal records, warnings). Re-raises `damaged` when there is
+    nothing to recover from."""
+    prev = folder / PREV_FILE
+    if not prev.is_file():
+        raise damaged
+    try:
+        doc, raw, stored_version = read_snapshot(prev)
+    except ProjectError:
+        raise damaged from None
+    older, warnings_older = read_journal(folder / PREV_JOURNAL_FILE)
+    newer, warnings = read_journal(folder / JOURNAL_FILE)
+    records = sorted({r["seq"]: r for r in older + newer}.values(), key=lambda r: r["seq"])
+    base = doc.get("journal_seq", 0)
+    seqs = [r["seq"] for r in records if r["seq"] > base]
+    expected = list(range(base + 1, base + 1 + len(seqs)))
+    notes = [f"{damaged.message.rstrip('.')}; it was rebuilt from {PREV_FILE} and {len(seqs)} journaled "
+             f"change(s), and the damaged file is kept as {DAMAGED_FILE}."]
+    if seqs != expected:
+        notes.append("Some changes between the kept snapshot and the journal are missing: check the labels.")
+    return doc, raw, stored_version, records, notes + warnings_older + warnings
 
 
 def read_journal(path: Path) -> tuple[list[dict], list[str]]:
