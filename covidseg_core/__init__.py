@@ -6,6 +6,8 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   events.py            job events, CancelToken; drive() runs a job, relay() runs one inside another
   constants.py         labels, fusion modes, devices, mask values (0/1/255 in memory, 0/255/127 in PNGs)
   atomic.py            every file is written atomically
+  outputs.py           where a command may write: never into its inputs, over a file only with --overwrite
+  checkpoints.py       a checkpoint file read safely (weights only) and checked to hold what was expected
   study.py             Study: array (z, y, x), geometry, slice ids, unit_range() (what the networks see)
   io/                  dicom, nifti, images, loader: files <-> Study, geometry exact
   data.py              SliceSet: a study's slices in [0, 1] with labels, groups, optional ground truth

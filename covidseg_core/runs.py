@@ -35,6 +35,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_write, atomic_write_json
+from .checkpoints import CLASSIFIER, SEGMENTER, load_checkpoint_file
 from .errors import RunError
 from .events import EpochReport
 from .io.images import IMAGE_SUFFIXES, read_gray
@@ -283,20 +284,18 @@ class RunFolder:
         return path
 
     def load_checkpoint(self, name: str = BEST, map_location: str = "cpu") -> dict:
-        import torch
-
+        """A segmenter checkpoint of the run, read safely (checkpoints.py)."""
         path = self.checkpoint_path(name)
         if not path.is_file():
             raise RunError(f"Run {self.path} has no checkpoint {CHECKPOINT_DIR}/{name}: its training did not finish "
                            "a single segmenter epoch.", "Run the same `covidseg train` command again to finish it.")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError) as exc:   # torn or foreign file
-            raise RunError(f"Checkpoint {path} cannot be read ({type(exc).__name__}).",
-                           "The run is damaged; train again into a new folder.") from exc
-        if not isinstance(state, dict) or "model" not in state:
-            raise RunError(f"{path} is not a covidseg checkpoint.", "Train again into a new folder.")
-        return state
+        return load_checkpoint_file(path, SEGMENTER, map_location)
+
+    def load_classifier(self) -> dict:
+        """The stage-1 classifier checkpoint, read safely (checkpoints.py)."""
+        if not self.classifier_path.is_file():
+            raise RunError(f"Run {self.path} has no finished stage 1 (classifier).", "Train it first.")
+        return load_checkpoint_file(self.classifier_path, CLASSIFIER)
 
     def write_json(self, name: str, obj: Any, check_intact: bool = True) -> Path:
         """RUN/<name> (atomically). check_intact=False for the status of a run that is failing anyway."""

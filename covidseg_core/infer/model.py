@@ -33,7 +33,11 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", pre
     if not spec:
         raise RunError(f"Checkpoint of run {run.path} does not say which network it holds.",
                        "Train again with this version.")
-    model = build_from_spec(spec)
+    try:
+        model = build_from_spec(spec)
+    except (TypeError, ValueError, AttributeError) as exc:   # a spec this version cannot build
+        raise RunError(f"The checkpoint of run {run.path} names a network this version cannot build ({exc}).",
+                       "The run is damaged or of another kind; train again.") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

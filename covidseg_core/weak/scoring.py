@@ -23,7 +23,7 @@ def classifier_probabilities(run_dir, images01: np.ndarray, device: str = "cpu")
     options = run.read_json(STAGE1_CONFIG_NAME)
     if options is None or not run.classifier_path.is_file():
         raise RunError(f"Run {run.path} has no finished stage 1 (classifier).", "Train it first.")
-    state = torch.load(run.classifier_path, map_location="cpu", weights_only=True)
+    state = run.load_classifier()
     model = build_classifier(state["spec"])
     model.load_state_dict(state["model"])
     work = to_working_size(np.asarray(images01, dtype=np.float32), options.get("size"))
