@@ -73,6 +73,10 @@ def load_slice_set(path: str | Path, labels_csv: str | Path | None = None) -> Sl
     labels_meta: dict = study.meta.get("labels") or {}
     if study.kind != "images" and labels_csv is not None and not labels_meta:
         labels_meta = read_labels_csv(Path(labels_csv))
+    used = labels_csv or study.meta.get("labels_csv")
+    if not labels_meta and used:
+        raise LabelError(f"{used} labels no slice (it has no rows after its header).",
+                         "Add one line per slice: file,label with infected or clean.")
     if not labels_meta:
         raise LabelError(f"No slice labels found for {path}.",
                          "Add a labels.csv (file,label with infected|clean) next to the images, or pass --labels.")

@@ -54,8 +54,12 @@ def read_labels_csv(csv_path: Path, known_files: list[str] | None = None) -> dic
                                  f"(found {reader.fieldnames}).",
                                  "Write the first line as: file,label")
             rows = {}
-            for line_no, row in enumerate(reader, start=2):
-                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            lines: dict[str, int] = {}
+            conflicts: list[str] = []
+            for row in reader:
+                line_no = reader.line_num      # the file's line, blank lines and quoted line breaks counted
+                # cells past the header's columns come under the key None as a list: they name nothing
+                row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
                 name, label = row.get("file", ""), row.get("label", "").lower()
                 if not name:
                     continue
@@ -65,9 +69,21 @@ def read_labels_csv(csv_path: Path, known_files: list[str] | None = None) -> dic
                     raise LabelError(f"{csv_path}, line {line_no}: unknown label '{row.get('label')}' for {name}.",
                                      "Use 'infected' or 'clean' (or leave it empty for unlabelled).")
                 row["label"] = label
+                if name in rows and rows[name]["label"] != label:   # which one is meant? never guess
+                    conflicts.append(f"{name} (line {lines[name]}: {rows[name]['label'] or 'unlabelled'}, "
+                                     f"line {line_no}: {label or 'unlabelled'})")
+                    continue
+                lines.setdefault(name, line_no)
                 rows[name] = row
     except UnicodeDecodeError as exc:
         raise LabelError(f"{csv_path} is not a text CSV file.", "Save the labels as UTF-8 CSV.") from exc
+    except csv.Error as exc:
+        raise LabelError(f"{csv_path} is not a valid CSV file ({exc}).",
+                         "Save the labels as a plain CSV file.") from exc
+    if conflicts:
+        shown = "; ".join(conflicts[:3]) + (" ..." if len(conflicts) > 3 else "")
+        raise LabelError(f"{csv_path} labels {len(conflicts)} file(s) twice, differently: {shown}.",
+                         "Keep one row per file.")
     if known_files is not None:
         missing = sorted(set(rows) - set(known_files))
         if missing:
