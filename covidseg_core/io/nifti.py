@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from ..atomic import atomic_write
 from ..errors import InputError
 from ..study import Study
+from .nifti_raw import non_finite_mask
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,48 @@ def read_nifti(path: str | Path) -> Study:
         raise InputError(f"Cannot read the voxels of {path}: {_first_line(exc)}.",
                          "The file may be truncated; export it again.") from exc
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    is_hu = looks_like_hu(array)
     warnings = []
+    if "FLOAT" in image.GetPixelIDTypeAsString().upper():
+        array = _replace_non_finite(array, path, warnings)
+    is_hu = looks_like_hu(array)
     if not is_hu:
         warnings.append("values do not look like CT Hounsfield units (no air below -500); "
                         "they are used as plain intensities")
     meta = {"format": volume_suffix(path) or path.suffix, "pixel_type": image.GetPixelIDTypeAsString()}
     return Study(array=array, spacing=image.GetSpacing(), origin=image.GetOrigin(), direction=image.GetDirection(),
                  is_hu=is_hu, source=str(path), kind="nifti", warnings=warnings, meta=meta)
+
+
+def _replace_non_finite(array: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
+    """NaN/Inf voxels (a failed reconstruction or conversion) become the volume's lowest value, i.e. outside
+    the body, with a warning naming how many and where; a volume with no finite voxel is refused."""
+    bad = ~np.isfinite(array)
+    raw = non_finite_mask(path)     # NIfTI: ITK has already turned NaN into 0
+    if raw is not None and raw.shape == array.shape:
+        bad |= raw
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return array
+    if n_bad == array.size:
+        raise InputError(f"{path} holds no usable voxel: every value is NaN or infinite.",
+                         "The file is damaged or was written wrongly; export the CT volume again.")
+    slices = np.nonzero(bad.reshape(len(array), -1).any(axis=1))[0]
+    shown = _ranges(slices.tolist())
+    array = np.where(bad, np.float32(array[~bad].min()), array)
+    warnings.append(f"{n_bad} voxel(s) are NaN or infinite (slice(s) {shown}): treated as outside the body")
+    return array
+
+
+def _ranges(values: list[int], most: int = 5) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7' (at most `most` ranges, then ' ...')."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:most])
+    return text + (" ..." if len(runs) > most else "")
 
 
 def _first_line(exc: Exception) -> str:
