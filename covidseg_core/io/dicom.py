@@ -88,12 +88,17 @@ class FolderScan:
 
 def sniff_dicom(path: Path) -> str:
     """"part10" for a file with the DICM preamble, "raw" for a headerless dataset (starts with a group 0002/0008
-    tag, as old exporters write), "" for anything else. Reads 132 bytes only."""
+    tag, as old exporters write), "" for anything else (a file that cannot be opened too). Reads 132 bytes only."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
+        return _sniff(path)
     except OSError:
         return ""
+
+
+def _sniff(path: Path) -> str:
+    """sniff_dicom, letting an OSError (no permission, an I/O error) through so that it can be reported."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
     if len(head) == 132 and head[128:132] == b"DICM":
         return "part10"
     if len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[2:4] in (b"\x00\x00", b"\x05\x00",
@@ -126,7 +131,12 @@ def scan_folder(folder: str | Path) -> FolderScan:
     folder = Path(folder)
     scan = FolderScan(folder=folder)
     for path in _walk_files(folder):
-        kind = sniff_dicom(path)
+        try:
+            kind = _sniff(path)
+        except OSError as exc:      # not "non-DICOM": we do not know what it is, and it may be a missing slice
+            scan.unreadable.append(f"could not read {path} ({exc.strerror or exc}): if it is a slice of the "
+                                   "series, it is missing")
+            continue
         if not kind:
             scan.non_dicom.append(path)
             continue
@@ -321,10 +331,11 @@ def _spacing_warnings(pos: np.ndarray, warnings: list[str]) -> float:
     median = float(np.median(steps))
     gaps = np.nonzero(steps > GAP_FACTOR * median)[0]
     if gaps.size:
-        big = int(gaps[np.argmax(steps[gaps])])
-        warnings.append(f"{gaps.size} gap(s) in the slice positions, the largest {steps[big]:.1f} mm between "
-                        f"slices {big} and {big + 1} (median step {median:.3g} mm): slices are missing, two scans "
-                        "are mixed or the spacing changes; distances across a gap are wrong")
+        shown = ", ".join(f"{steps[g]:.1f} mm between slices {g} and {g + 1} (at {pos[g]:.1f} to {pos[g + 1]:.1f} "
+                          f"mm, about {max(round(steps[g] / median) - 1, 1)} missing)" for g in gaps[:3])
+        warnings.append(f"{gaps.size} gap(s) in the slice positions: {shown}{' ...' if gaps.size > 3 else ''} "
+                        f"(median step {median:.3g} mm): slices are missing, two scans are mixed or the spacing "
+                        "changes; distances across a gap are wrong")
     tol = max(0.01 * median, 0.05)
     regular = np.delete(steps, gaps)
     if regular.size and np.max(np.abs(regular - median)) > tol:
