@@ -22,12 +22,28 @@ def _volume_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and nifti.volume_suffix(p))
 
 
+def _check_readable(path: Path) -> None:
+    """A file we may not read is said to be so (readers further down would call it missing or not a study)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise InputError(f"Cannot read {path}: {exc.strerror or exc}.",
+                         "Check that you may read the file (its permissions).") from exc
+
+
 def detect_kind(path: str | Path) -> str:
     """"nifti", "dicom" or "images" for a path open_study can read; InputError naming the path otherwise."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:      # a folder on the way that we may not enter
+        raise InputError(f"Cannot reach {path}: {exc.strerror or exc}.",
+                         "Check the permissions of the folders that lead to it.") from exc
+    if not exists:
         raise InputError(f"{path} does not exist.", f"Choose {ACCEPTED}.")
     if path.is_file():
+        _check_readable(path)
         if nifti.volume_suffix(path):
             return "nifti"
         if dicom.sniff_dicom(path):
@@ -37,6 +53,14 @@ def detect_kind(path: str | Path) -> str:
         raise InputError(f"{path} is not a file CovidSeg can read.", f"Choose {ACCEPTED}.")
     if not path.is_dir():
         raise InputError(f"{path} is neither a file nor a folder.", f"Choose {ACCEPTED}.")
+    try:
+        return _folder_kind(path)
+    except OSError as exc:      # no permission to list the folder (or a failing disk)
+        raise InputError(f"Cannot read the folder {exc.filename or path}: {exc.strerror or exc}.",
+                         "Check that you may read it (its permissions), or copy the study somewhere readable.") from exc
+
+
+def _folder_kind(path: Path) -> str:
     # DICOM files at the top level win over a stray preview image; images win over DICOM deeper down
     if dicom.folder_has_dicom(path, recursive=False):
         return "dicom"
