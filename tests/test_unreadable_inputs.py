@@ -42,3 +42,22 @@ def test_an_unreadable_nifti_is_not_called_missing(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(builtins, "open", guarded_open)
     line = _one_line(capsys, cli.main(["-q", "info", str(ct)]))
     assert f"Cannot read {ct}: Permission denied" in line and "does not exist" not in line
+
+
+def test_gui_with_a_broken_pyside6_says_how_to_install_the_gui_extras(tmp_path):
+    """Issue 15, item 8: a PySide6 left half-installed (its package there, shiboken6 gone) is "not installed"."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "PySide6"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'shiboken6'\", name='shiboken6')\n")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(root)]),
+           "QT_QPA_PLATFORM": "offscreen"}
+    res = subprocess.run([sys.executable, "-m", "covidseg_core.cli", "gui"], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "PySide6 is not installed" in res.stderr and "pip install 'covidseg-assist[gui]'" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -48,13 +48,23 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _importable(module: str) -> bool:
+    """Whether `module` can be found; a dotted name imports its package, so a half-removed PySide6 (a leftover
+    folder, a missing shiboken6) counts as missing instead of failing in the app with a traceback."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def cmd_gui(args) -> int:
     """A thin launcher: the desktop app is its own program (`python -m app`, the `covidseg-gui` script); the
     core never imports it."""
     path = [str(args.path)] if args.path else []
     if getattr(sys, "frozen", False):          # the desktop bundle: its executable starts the app by default
         return subprocess.call([sys.executable, *path])
-    missing = [m for m in ("app", "PySide6", "pyqtgraph") if importlib.util.find_spec(m) is None]
+    missing = list(dict.fromkeys(m.split(".")[0] for m in ("app", "PySide6", "PySide6.QtWidgets", "pyqtgraph")
+                                 if not _importable(m)))
     if missing:
         raise CovidSegError(f"The desktop app cannot start: {', '.join(missing)} is not installed.",
                             "Install the GUI extras: pip install 'covidseg-assist[gui]'.")
