@@ -155,8 +155,8 @@ def scan_folder(folder: str | Path) -> FolderScan:
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         scan.series.setdefault(uid, []).append(_Header(path, ds))
-    for w in scan.unreadable:
-        log.warning(w)
+    for w in scan.unreadable:      # the caller shows them (Study.warnings): logged here only for debugging
+        log.debug(w)
     return scan
 
 
@@ -445,9 +445,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, scan: F
     slice_ids = [str(s.ds.get("SOPInstanceUID", "") or s.path.name) for s in slices]
     meta = _meta(first, chosen)
     meta["non_dicom_files"] = len(scan.non_dicom)
-    for w in warnings:
-        if w not in scan.unreadable:          # scan_folder logged those already
-            log.warning("%s: %s", folder, w)
+    for w in warnings:      # shown by the caller from Study.warnings; a second copy on stderr only confused
+        log.debug("%s: %s", folder, w)
     return Study(array=volume, spacing=(dx, dy, float(dz)), origin=tuple(origin),
                  direction=tuple(direction.reshape(-1)), slice_ids=slice_ids, is_hu=True, source=str(folder),
                  kind="dicom", warnings=warnings, meta=meta)

@@ -127,8 +127,8 @@ def read_image_folder(path: str | Path, labels_csv: str | Path | None = None) ->
     volume = np.stack(arrays).astype(np.float32)
     if len(set(warnings)) > 3:
         warnings = [f"{len(warnings)} colour images converted to gray (e.g. {warnings[0].split(':')[0]})."]
-    for w in warnings:
-        log.warning(w)
+    for w in warnings:      # shown by the caller from Study.warnings
+        log.debug(w)
     names = [p.name for p in files]
     meta: dict = {"bits": 16 if is16 else 8}
     csv_path = Path(labels_csv) if labels_csv else find_labels_csv(folder)
