@@ -9,7 +9,7 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   outputs.py           where a command may write: never into its inputs, over a file only with --overwrite
   checkpoints.py       a checkpoint file read safely (weights only) and checked to hold what was expected
   study.py             Study: array (z, y, x), geometry, slice ids, unit_range() (what the networks see)
-  io/                  dicom, nifti, images, loader: files <-> Study, geometry exact
+  io/                  dicom, nifti, images, loader: files <-> Study, geometry exact; dicom_seg: masks <-> DICOM SEG
   data.py              SliceSet: a study's slices in [0, 1] with labels, groups, optional ground truth
   project/             api (Project), store (snapshot, journal, lock), ops (changes as a table), corrections
   runs.py              RunFolder: the only owner of paths inside a run (checkpoints, pseudo/, cams/, epochs...)
@@ -25,7 +25,8 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
                        source (fresh pairs per epoch), study (a run's supply), folder (`covidseg synth`)
   seg/                 stage 2: targets (supervision, validation split), losses, training (the segmenter loop),
                        prior (the label-free starting weights shipped in resources/)
-  results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export
+  results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export (NIfTI or
+                       DICOM SEG), seg_import (a SEG back as a mask of the project's study)
   budget.py            the time-budget planner: device defaults, the split between the stages, ETA (no torch)
   train_config.py      TrainConfig and the --fast preset (plain data, no torch)
   throughput.py        measures both stages' training speed on their own first steps, for the planner

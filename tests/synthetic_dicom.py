@@ -11,8 +11,9 @@ def write_synthetic_dicom(path: Path, pixels: np.ndarray, *, series_uid: str, po
                           modality: str = "CT", image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
                           slice_thickness: float = 2.0, instance: int = 1, slope: float = 1.0,
                           intercept: float = -1024.0, description: str = "synthetic",
-                          sop_uid: str | None = None) -> Path:
-    """One single-frame DICOM image (uint16 stored values) written with pydicom."""
+                          sop_uid: str | None = None, extra: dict | None = None) -> Path:
+    """One single-frame DICOM image (uint16 stored values) written with pydicom; `extra` sets more attributes
+    by keyword."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -45,6 +46,8 @@ def write_synthetic_dicom(path: Path, pixels: np.ndarray, *, series_uid: str, po
     ds.HighBit = 15
     ds.PixelRepresentation = 0
     ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    for keyword, value in (extra or {}).items():      # e.g. patient and study attributes
+        setattr(ds, keyword, value)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

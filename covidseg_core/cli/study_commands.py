@@ -28,6 +28,19 @@ def cmd_synth(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from ..io.dicom_seg import is_seg_file
+
+    if is_seg_file(args.path):
+        from ..project.api import Project
+        from ..results.seg_import import describe_seg
+
+        project = Project.open(args.project, read_only=True) if args.project else None
+        try:
+            print_json(describe_seg(args.path, project))
+        finally:
+            if project is not None:
+                project.close()
+        return 0
     from ..io.loader import describe
 
     print_json(describe(args.path, series_uid=args.series))
@@ -41,7 +54,7 @@ def cmd_export(args) -> int:
     project = Project.open(args.project, read_only=True)
     try:
         result = run_job(export_project(project, args.out, source_id=args.source, which=args.masks,
-                                       overwrite=args.overwrite), args.quiet)
+                                       overwrite=args.overwrite, fmt=args.format), args.quiet)
     finally:
         project.close()
     print_json(result)
@@ -93,11 +106,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="describe a study (DICOM folder, NIfTI file, image folder) as JSON")
     i.add_argument("path", type=Path)
     i.add_argument("--series", default=None, help="SeriesInstanceUID to read when a folder holds several")
+    i.add_argument("--project", default=None, type=Path,
+                   help="for a DICOM SEG file: the project whose study it references (its mask is then measured)")
     i.set_defaults(func=cmd_info)
 
-    e = sub.add_parser("export", help="a project's masks as NIfTI in the source geometry (+ volumes as CSV/JSON)")
+    e = sub.add_parser("export", help="a project's masks as NIfTI in the source geometry, or as a DICOM SEG over "
+                       "the source series (+ volumes as CSV/JSON)")
     e.add_argument("--project", required=True, type=Path)
-    e.add_argument("--out", required=True, type=Path, help="FILE.nii.gz")
+    e.add_argument("--out", required=True, type=Path, help="FILE.nii.gz (nifti) or FILE.dcm (dicom-seg)")
+    e.add_argument("--format", choices=("nifti", "dicom-seg"), default="nifti",
+                   help="nifti (default): a 0/1 mask volume; dicom-seg: a binary DICOM Segmentation referencing "
+                   "each source image (needs a study opened from DICOM)")
     e.add_argument("--source", default=None, help="source id, when the project holds several studies")
     e.add_argument("--masks", choices=("corrected", "predicted"), default="corrected",
                    help="corrected: predictions with the user's corrections applied (default)")

@@ -445,6 +445,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, scan: F
     slice_ids = [str(s.ds.get("SOPInstanceUID", "") or s.path.name) for s in slices]
     meta = _meta(first, chosen)
     meta["non_dicom_files"] = len(scan.non_dicom)
+    if have_pos:      # each slice's own position (a tilted stack is not on the regular grid); a tuple stays out of info
+        meta["slice_positions"] = tuple(tuple(float(v) for v in p) for p in ipp)
     for w in warnings:      # shown by the caller from Study.warnings; a second copy on stderr only confused
         log.debug("%s: %s", folder, w)
     return Study(array=volume, spacing=(dx, dy, float(dz)), origin=tuple(origin),
@@ -486,3 +488,4 @@ def _tilt_warning(first: Dataset, ipp: np.ndarray, normal: np.ndarray, warnings:
         warnings.append(f"gantry tilt (GantryDetectorTilt {tilt:g} deg, slices stacked {angle:.1f} deg off their "
                         f"normal): slice planes are placed right but shifted up to {shear:.1f} mm in-plane "
                         "relative to each other; 3D measurements across slices are approximate")
+

@@ -1,4 +1,5 @@
-"""A project's masks as NIfTI in the geometry of each source scan, with the quantification beside them.
+"""A project's masks as NIfTI in the geometry of each source scan, or as a DICOM SEG over the source series, with
+the quantification beside them.
 
 Where a slice has a user correction it wins; elsewhere the newest run's prediction for that source is used
 (stored at RunFolder.prediction_path by whoever predicted it: the app or `save_prediction`).
@@ -20,6 +21,10 @@ from ..study import Study
 from .quantify import quantify, write_quantification
 
 log = logging.getLogger(__name__)
+
+FORMATS = ("nifti", "dicom-seg")
+RUN_SETTING_KEYS = ("fusion", "size", "image_size", "cls_epochs", "seg_epochs", "epochs", "seed", "synthetic",
+                    "lung_method", "budget_minutes")
 
 
 def save_prediction(run_dir: str | Path, source_id: str, mask: np.ndarray, study: Study) -> Path:
@@ -76,19 +81,30 @@ def assemble_mask(project, source_id: str, study: Study, which: str = "corrected
 
 
 def export_files(out: str | Path) -> list[Path]:
-    """The files an export to `out` writes: the mask and its `.quant.json` / `.quant.csv`."""
+    """The files an export to `out` writes: the mask (or SEG) and its `.quant.json` / `.quant.csv`."""
     out = Path(out)
-    stem = out.name[:-7] if out.name.endswith(".nii.gz") else out.name[:-4]
-    return [out, *(out.with_name(f"{stem}.quant.{ext}") for ext in ("json", "csv"))]
+    name = out.name
+    for suffix in (".nii.gz", ".nii", ".dcm"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return [out, *(out.with_name(f"{name}.quant.{ext}") for ext in ("json", "csv"))]
 
 
-def export_project(project, out: str | Path, source_id: str | None = None, which: str = "corrected",
-                   cancel: CancelToken | None = None, overwrite: bool = False):
-    """Job: write `out` (.nii.gz, uint8 0/1) for one source (the only or given one) plus `<out>.quant.{json,csv}`.
-    Never into a study of the project; over existing files only with `overwrite` (the app asks first)."""
-    out = Path(out)
-    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
-        raise InputError(f"{out} is not a NIfTI file name.", "Name the export like masks.nii.gz.")
+def _check_out_name(out: Path, fmt: str) -> None:
+    nifti_name = out.name.endswith(".nii.gz") or out.name.endswith(".nii")
+    if fmt not in FORMATS:
+        raise InputError(f"Unknown export format {fmt!r}.", f"Use one of {', '.join(FORMATS)}.")
+    if fmt == "nifti" and not nifti_name:
+        raise InputError(f"{out} is not a NIfTI file name.", "Name the export like masks.nii.gz "
+                         "(or pass --format dicom-seg for a DICOM SEG).")
+    if fmt == "dicom-seg" and nifti_name:
+        raise InputError(f"{out} is a NIfTI file name, but the format is dicom-seg.", "Name the export like "
+                         "masks.dcm (or pass --format nifti).")
+
+
+def choose_source(project, source_id: str | None) -> str:
+    """The source to export: the given one, or the project's only one (InputError when there are several)."""
     sources = project.sources
     if not sources:
         raise ProjectError("The project has no study to export.", "Open a study first.")
@@ -97,19 +113,59 @@ def export_project(project, out: str | Path, source_id: str | None = None, which
             ids = ", ".join(s["id"] for s in sources)
             raise InputError(f"The project holds {len(sources)} studies ({ids}).", "Choose one with --source.")
         source_id = sources[0]["id"]
-    record = project.source(source_id)
-    targets = export_files(out)
-    protected = [p for s in sources for p in study_protected(project.source_path(s["id"]), f"the study {s['id']}")]
+    project.source(source_id)          # ProjectError for an unknown id
+    return source_id
+
+
+def guard_outputs(project, targets: list[Path], overwrite: bool) -> None:
+    """Never into a study of the project; over existing files only with `overwrite` (the app asks first)."""
+    protected = [p for s in project.sources for p in study_protected(project.source_path(s["id"]),
+                                                                     f"the study {s['id']}")]
     for target in targets:
-        refuse_protected(target, protected, "Choose an export file outside the studies' files and folders.")
+        refuse_protected(target, protected, "Choose an output file outside the studies' files and folders.")
     refuse_existing(targets, overwrite, "Choose another file name, or pass --overwrite to replace them.")
+
+
+def seg_needs_dicom(record: dict) -> None:
+    """InputError when a source is not a DICOM series: a SEG references the images it was drawn on."""
+    if record.get("kind") != "dicom":
+        what = {"nifti": "a NIfTI volume", "images": "a folder of slice images"}.get(record.get("kind"),
+                                                                                    "not a DICOM series")
+        raise InputError(f"DICOM SEG export needs a study opened from DICOM files; the study {record['id']} "
+                         f"({Path(record['path']).name}) is {what}.",
+                         "Export it as NIfTI (--format nifti), or open the DICOM series of the scan.")
+
+
+def export_project(project, out: str | Path, source_id: str | None = None, which: str = "corrected",
+                   cancel: CancelToken | None = None, overwrite: bool = False, fmt: str = "nifti"):
+    """Job: write `out` for one source (the only or given one) plus `<out>.quant.{json,csv}`: a NIfTI mask
+    (uint8 0/1) when `fmt` is "nifti", a binary DICOM SEG over the source series when "dicom-seg".
+    Never into a study of the project; over existing files only with `overwrite` (the app asks first)."""
+    out = Path(out)
+    _check_out_name(out, fmt)
+    source_id = choose_source(project, source_id)
+    record = project.source(source_id)
+    if fmt == "dicom-seg":
+        seg_needs_dicom(record)
+    targets = export_files(out)
+    guard_outputs(project, targets, overwrite)
     yield Progress("export", 0, 3, "reading the study")
     study = open_study(project.source_path(source_id), series_uid=record.get("series_uid"))
     if cancel:
         cancel.raise_if_cancelled()
     yield Progress("export", 1, 3, "assembling masks")
     mask, info = assemble_mask(project, source_id, study, which)
-    write_mask_nifti(mask, study, out)
+    seg = None
+    if fmt == "dicom-seg":
+        from ..io.dicom_seg import write_seg
+
+        for warning in study.warnings:      # a tilted or unevenly spaced series still exports, with its warning
+            yield Message(f"{study.source}: {warning}", "warning")
+        run_id = Path(info["run"]).name if info.get("run") else None
+        seg = write_seg(study, mask, out, run_id=run_id, semiautomatic=info["corrected_slices"] > 0,
+                        settings=_run_settings(project, info.get("run")))
+    else:
+        write_mask_nifti(mask, study, out)
     yield Progress("export", 2, 3, "measuring infected volume")
     quant = quantify(study, mask)
     json_path, csv_path = write_quantification(quant, targets[1].with_suffix(""))
@@ -117,5 +173,22 @@ def export_project(project, out: str | Path, source_id: str | None = None, which
         yield Message("The study is not in HU (an image folder): volumes assume 1 mm pixels unless its spacing "
                       "is known.", "warning")
     yield Progress("export", 3, 3, "done")
-    yield Done({"mask": str(out), "quantification": [str(json_path), str(csv_path)], "source": source_id,
-                "infected_ml": quant["infected_ml"], "infected_percent": quant["infected_percent"], **info})
+    result = {"mask": str(out), "format": fmt, "quantification": [str(json_path), str(csv_path)],
+              "source": source_id, "infected_ml": quant["infected_ml"],
+              "infected_percent": quant["infected_percent"], **info}
+    if seg is not None:
+        result["seg"] = seg
+    yield Done(result)
+
+
+def _run_settings(project, run: str | None) -> dict:
+    """A few settings of the run that made the prediction, for the SEG's algorithm parameters."""
+    if not run:
+        return {}
+    for record in project.runs:
+        if record["path"] == run:
+            summary = record.get("summary") or {}
+            settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else summary
+            return {k: v for k, v in settings.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                    and k in RUN_SETTING_KEYS}
+    return {}
