@@ -1,4 +1,4 @@
-"""`covidseg demo`, `info`, `export` and `gui`: studies and projects in, files and JSON out."""
+"""`covidseg demo`, `info`, `export`, `report` and `gui`: studies and projects in, files and JSON out."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,20 @@ def cmd_export(args) -> int:
     try:
         result = run_job(export_project(project, args.out, source_id=args.source, which=args.masks,
                                        overwrite=args.overwrite, fmt=args.format), args.quiet)
+    finally:
+        project.close()
+    print_json(result)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..project.api import Project
+    from ..results.report import report_job
+
+    project = Project.open(args.project, read_only=True)
+    try:
+        result = run_job(report_job(project, args.out, source_id=args.source, which=args.masks,
+                                    overwrite=args.overwrite), args.quiet)
     finally:
         project.close()
     print_json(result)
@@ -122,6 +136,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="corrected: predictions with the user's corrections applied (default)")
     e.add_argument("--overwrite", action="store_true", help="replace the export files if they exist")
     e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("report", help="a one-page PDF: infected volume and %% of lung, burden along the slices, "
+                       "key slices with the mask, the run and settings")
+    r.add_argument("--project", required=True, type=Path)
+    r.add_argument("--out", required=True, type=Path, help="FILE.pdf")
+    r.add_argument("--source", default=None, help="source id, when the project holds several studies")
+    r.add_argument("--masks", choices=("corrected", "predicted"), default="corrected",
+                   help="corrected: predictions with the user's corrections applied (default)")
+    r.add_argument("--overwrite", action="store_true", help="replace the report if it exists")
+    r.set_defaults(func=cmd_report)
 
     g = sub.add_parser("gui", help="open the desktop app")
     g.add_argument("path", nargs="?", type=Path, help="a project folder or a study to open")
