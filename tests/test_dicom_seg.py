@@ -18,7 +18,7 @@ from covidseg_core.io.dicom_seg import SEG_SOP_CLASS, read_seg
 from covidseg_core.io.loader import open_study
 from covidseg_core.project.api import Project
 from covidseg_core.results.export import export_project, save_prediction
-from covidseg_core.results.seg_import import load_seg
+from covidseg_core.results.seg_import import import_seg, load_seg
 from tests.synthetic_dicom import write_synthetic_dicom, write_synthetic_series
 
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "P-0042", "PatientBirthDate": "19600101", "PatientSex": "F",
@@ -126,6 +126,25 @@ def test_seg_round_trip_equals_the_nifti_export(seg_project, tmp_path):
     source_id, back_study, back, _ = load_seg(project, tmp_path / "m.dcm")
     assert source_id == sid and back_study.slice_ids == study.slice_ids
     np.testing.assert_array_equal(back, mask)
+
+
+def test_an_imported_seg_becomes_the_mask_that_export_uses(seg_project, tmp_path):
+    project, sid, study, mask, _ = seg_project
+    drive(export_project(project, tmp_path / "first.dcm", fmt="dicom-seg"))
+    ds = pydicom.dcmread(tmp_path / "first.dcm")          # "edited in another tool": the second frame cleared
+    frames = ds.pixel_array.reshape(-1, *study.shape[1:]).copy()
+    frames[1] = 0
+    from pydicom.pixels import pack_bits
+    ds.PixelData = pack_bits(frames.ravel())
+    ds.save_as(tmp_path / "edited.dcm")
+    source_id, back, run = import_seg(project, tmp_path / "edited.dcm")
+    expected = mask.copy()
+    expected[study.slice_ids.index(frame_source_uid(ds.PerFrameFunctionalGroupsSequence[1]))] = 0
+    assert source_id == sid and run.name.startswith("seg-import")
+    np.testing.assert_array_equal(back, expected)
+    assert project.runs[-1]["summary"]["status"] == "imported"
+    drive(export_project(project, tmp_path / "again.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "again.nii.gz"))), expected)
 
 
 def test_corrections_make_the_segment_semiautomatic(seg_project, tmp_path):

@@ -57,3 +57,17 @@ def describe_seg(path: str | Path, project=None) -> dict:
                      "slices_with_infection": int(np.count_nonzero(mask.reshape(study.n_slices, -1).any(1))),
                      "infected_ml": quant["infected_ml"], "infected_percent": quant["infected_percent"]})
     return info
+
+
+def import_seg(project, path: str | Path) -> tuple[str, np.ndarray, Path]:
+    """Bring a SEG back as the newest mask of the study it references: saved as the prediction of a new run
+    folder (runs/seg-import-...), recorded with the SEG's path, so the app shows it and export and report use it.
+    (source id, mask, run folder)."""
+    from .export import save_prediction
+
+    source_id, study, mask, seg = load_seg(project, path)
+    run = project.new_run_dir("seg-import")
+    save_prediction(run, source_id, mask, study)
+    project.add_run(run, {"status": "imported", "source": source_id, "imported_from": str(Path(path).resolve()),
+                          "seg_series_uid": seg.series_uid, "segments": [s["label"] for s in seg.segments]})
+    return source_id, mask, run
