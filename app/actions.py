@@ -13,7 +13,14 @@ ACTIONS = [
      "Open a DICOM folder, a NIfTI file or a folder of slice images"),
     ("open_image_folder", "Open image &folder…", lambda w: w.choose_image_folder, [], ""),
     ("open_project", "Open &project…", lambda w: w.choose_project, ["Ctrl+Shift+O"], ""),
-    ("export", "&Export masks as NIfTI…", lambda w: w.show_export_dialog, ["Ctrl+E"], ""),
+    ("export", "Masks as &NIfTI…", lambda w: w.show_export_dialog, ["Ctrl+E"], "The mask as NIfTI in the "
+     "geometry of the source study"),
+    ("export_seg", "Masks as DICOM &SEG…", lambda w: lambda: w.show_export_dialog("dicom-seg"), ["Ctrl+Shift+E"],
+     "The mask as a DICOM Segmentation over the source series (for PACS viewers, 3D Slicer, OHIF)"),
+    ("report", "&Report (PDF)…", lambda w: w.save_report, ["Ctrl+R"],
+     "A one-page PDF: infected volume and % of lung, burden along the slices, key slices"),
+    ("open_seg", "Open DICOM SE&G as mask…", lambda w: w.choose_seg, [],
+     "A DICOM SEG of an open project's study (e.g. edited in another tool) becomes its mask"),
     ("settings", "Training &settings…", lambda w: w.show_settings, ["Ctrl+,"], ""),
     ("quit", "&Quit", lambda w: w.close, ["Ctrl+Q"], ""),
     ("lung", "&Lung window", lambda w: lambda: w.view.set_preset("lung"), ["1"], ""),
@@ -48,8 +55,8 @@ TOGGLES = [
        {"prediction": ["P"], "attention": ["A"]}.get(name, []), "") for name in LAYERS],
 ]
 MENUS = [
-    ("&File", ["open_study", "open_image_folder", "open_project", "recent", "-", "export", "-", "settings", "-",
-               "quit"]),
+    ("&File", ["open_study", "open_image_folder", "open_project", "recent", "open_seg", "-",
+               ("&Export", ["export", "export_seg"]), "report", "-", "settings", "-", "quit"]),
     ("&View", [*WINDOW_PRESETS, "-", "fit", "zoom_in", "zoom_out", "-", *(f"show_{n}" for n in LAYERS)]),
     ("&Label", ["infected", "clean", "unlabel", "next_unlabelled", "-", "undo", "redo"]),
     ("&Train", ["train", "predict", "cancel", "-", "settings"]),
@@ -88,8 +95,8 @@ def make_actions(window) -> dict[str, QAction]:
 
 
 def make_menus(menubar, actions: dict[str, QAction]) -> dict[str, object]:
-    """The menu bar from MENUS ("-" a separator, "recent" the recent-projects submenu); returns the menus by
-    title (without '&') and the recent submenu as "recent"."""
+    """The menu bar from MENUS ("-" a separator, "recent" the recent-projects submenu, (title, names) a submenu);
+    returns the menus (and submenus) by title (without '&') and the recent submenu as "recent"."""
     menus: dict[str, object] = {}
     for title, names in MENUS:
         menu = menubar.addMenu(title)
@@ -99,6 +106,12 @@ def make_menus(menubar, actions: dict[str, QAction]) -> dict[str, object]:
                 menu.addSeparator()
             elif name == "recent":
                 menus["recent"] = menu.addMenu("Open &recent project")
+            elif isinstance(name, tuple):
+                sub_title, sub_names = name
+                sub = menu.addMenu(sub_title)
+                menus[sub_title.replace("&", "")] = sub
+                for sub_name in sub_names:
+                    sub.addAction(actions[sub_name])
             else:
                 menu.addAction(actions[name])
     return menus

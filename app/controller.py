@@ -218,7 +218,7 @@ class Controller(QObject):
         self.later(("runs",), s.runs_changed.emit)
 
     # --- export ----------------------------------------------------------------------------------------------------
-    def export(self, which: str, path: str | Path, overwrite: bool = False) -> None:
+    def export(self, which: str, path: str | Path, overwrite: bool = False, fmt: str = "nifti") -> None:
         s = self.session
 
         def done(result: tasks.Exported) -> None:
@@ -227,5 +227,26 @@ class Controller(QObject):
             self.exported.emit(result)
             self.window.show_status(f"Exported {result.mask}")
 
-        self.run_job("Exporting", tasks.export_job(s.project, s.source_id, Path(path), which, overwrite), done,
+        self.run_job("Exporting", tasks.export_job(s.project, s.source_id, Path(path), which, overwrite, fmt), done,
                      lambda exc: self.export_failed.emit(str(exc)))
+
+    # --- report and SEG import -------------------------------------------------------------------------------------
+    def report(self, path: str | Path, overwrite: bool = False) -> None:
+        s = self.session
+        self.run_job("Writing the report", tasks.report_job(s.project, s.source_id, Path(path), overwrite),
+                     lambda result: self.window.show_status(f"Report written: {result['report']}"))
+
+    def import_seg(self, path: str | Path) -> None:
+        s = self.session
+
+        def done(result) -> None:
+            source_id, mask, run = result
+            if source_id == s.source_id:
+                s.set_prediction(mask, str(run))
+                self.window.show_status(f"{Path(path).name} is now the mask of this study (run {run.name}).")
+            else:
+                self.window.show_status(f"{Path(path).name} is the mask of study {source_id} of the project: "
+                                        "open that study to see it.")
+            s.runs_changed.emit()
+
+        self.run_job("Reading the DICOM SEG", tasks.import_seg_job(s.project, Path(path)), done)

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QSc
 from covidseg_core.errors import CovidSegError, ProjectError
 from covidseg_core.events import EpochReport, Message, Progress
 
-from . import tasks
+from . import results_menu, tasks
 from .about import show_about, show_log_file
 from .actions import make_actions, make_menus
 from .controller import Controller
@@ -51,7 +51,7 @@ class MainWindow(QMainWindow):
         self._environment: dict | None = None
 
         self.actions_by_name = make_actions(self)
-        menus = make_menus(self.menuBar(), self.actions_by_name)
+        self.menus = menus = make_menus(self.menuBar(), self.actions_by_name)
         self.view_menu, self.recent_menu = menus["View"], menus["recent"]
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self.view = SliceView()
@@ -249,21 +249,15 @@ class MainWindow(QMainWindow):
     def start_prediction(self) -> None:
         self.controller.start_prediction(self.training_settings())
 
-    def show_export_dialog(self) -> ExportDialog | None:
-        s = self.session
-        if not s.has_study:
-            show_error(self, ProjectError("No study is open.", "Open a study and train (or predict) first."))
-            return None
-        if not s.has_mask():
-            show_error(self, ProjectError("There is no mask to export yet.",
-                                          "Press Train (or Predict with the last run), or draw corrections."))
-            return None
-        default = s.project.folder / "exports" / f"{Path(s.study.source).name.split('.')[0]}_infection.nii.gz"
-        dlg = ExportDialog(default, s.prediction is not None, len(s.corrected_indices()), self)
-        dlg.export_requested.connect(self.controller.export)
-        self.export_dialog = dlg
-        dlg.show()
-        return dlg
+    # File > Export, Report, Open DICOM SEG: results_menu.py
+    def show_export_dialog(self, fmt: str = "nifti") -> ExportDialog | None:
+        return results_menu.show_export_dialog(self, fmt)
+
+    def save_report(self, path: str | Path | None = None) -> bool:
+        return results_menu.save_report(self, path)
+
+    def choose_seg(self, path: str | Path | None = None) -> None:
+        results_menu.choose_seg(self, path)
 
     def set_tool(self, tool: str, on: bool) -> None:
         other = self.actions_by_name["eraser" if tool == "brush" else "brush"]
@@ -346,7 +340,9 @@ class MainWindow(QMainWindow):
         a["train"].setEnabled(has and not busy)
         a["predict"].setEnabled(has and not busy and self.controller.last_run_path() is not None)
         a["cancel"].setEnabled(busy)
-        a["export"].setEnabled(has and not busy)
+        for name in ("export", "export_seg", "report"):
+            a[name].setEnabled(has and not busy)
+        a["open_seg"].setEnabled(self.session.project is not None and not busy)
         a["settings"].setEnabled(self.session.project is not None)
         for name in ("open_study", "open_image_folder", "open_project", "demo"):
             a[name].setEnabled(not busy)

@@ -150,19 +150,44 @@ def quantify_job(project, source_id: str, study: Study, prediction: np.ndarray |
     return job
 
 
-def export_job(project, source_id: str, path: Path, which: str, overwrite: bool = False):
+def export_job(project, source_id: str, path: Path, which: str, overwrite: bool = False, fmt: str = "nifti"):
     """covidseg_core.results.export: the mask (the newest prediction, with corrections when `which` is
-    "corrected") as NIfTI in the source geometry, and `<name>.quant.json/.csv` beside it. Done(Exported)."""
+    "corrected") as NIfTI in the source geometry or as a DICOM SEG (`fmt` "dicom-seg"), and
+    `<name>.quant.json/.csv` beside it. Done(Exported)."""
     import json
 
     from covidseg_core.results.export import export_project
 
     def job(cancel: CancelToken) -> Iterator:
-        export = export_project(project, path, source_id=source_id, which=which, cancel=cancel, overwrite=overwrite)
+        export = export_project(project, path, source_id=source_id, which=which, cancel=cancel, overwrite=overwrite,
+                                fmt=fmt)
         result = yield from relay(export)
         quant_json = next((p for p in result.get("quantification", []) if p.endswith(".json")), None)
         quant = json.loads(Path(quant_json).read_text(encoding="utf-8")) if quant_json else None
         yield Done(Exported(result["mask"], [result["mask"], *result.get("quantification", [])], quant))
+    return job
+
+
+def report_job(project, source_id: str, path: Path, overwrite: bool = False):
+    """covidseg_core.results.report: the one-page PDF of the study (corrections applied). Done(its summary)."""
+    from covidseg_core.results.report import report_job as core_report
+
+    def job(cancel: CancelToken) -> Iterator:
+        yield Done((yield from relay(core_report(project, path, source_id=source_id, cancel=cancel,
+                                                 overwrite=overwrite))))
+    return job
+
+
+def import_seg_job(project, path: Path):
+    """covidseg_core.results.seg_import: a DICOM SEG matched to the project's study by its UIDs and saved as that
+    study's newest mask (a seg-import run). Done((source id, mask, run folder))."""
+    from covidseg_core.results.seg_import import import_seg
+
+    def job(cancel: CancelToken) -> Iterator:
+        yield Progress("load", 0, 1, f"Reading {path.name}")
+        result = import_seg(project, path)
+        yield Progress("load", 1, 1)
+        yield Done(result)
     return job
 
 

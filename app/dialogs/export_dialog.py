@@ -1,5 +1,5 @@
-"""File > Export masks as NIfTI: which mask (predicted, or with the user's corrections), where, and the volume
-figures next to it. The export itself runs as a job; this dialog shows its progress and the files written."""
+"""File > Export > NIfTI or DICOM SEG: which mask (predicted, or with the user's corrections), where, and the
+volume figures next to it. The export itself runs as a job; this dialog shows its progress and the files written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +15,12 @@ from covidseg_core.results.export import export_files
 class ExportDialog(QDialog):
     export_requested = Signal(str, str, bool)    # "corrected" | "predicted", path, replace existing files
 
-    def __init__(self, default_path: Path, has_prediction: bool, n_corrected: int, parent: QWidget | None = None):
+    def __init__(self, default_path: Path, has_prediction: bool, n_corrected: int, parent: QWidget | None = None,
+                 fmt: str = "nifti"):
         super().__init__(parent)
-        self.setWindowTitle("Export masks as NIfTI")
+        self.fmt = fmt
+        self.seg = fmt == "dicom-seg"
+        self.setWindowTitle("Export masks as DICOM SEG" if self.seg else "Export masks as NIfTI")
         self.setObjectName("exportDialog")
         self.corrected = QRadioButton(f"Prediction with my corrections ({n_corrected} corrected slice"
                                       f"{'s' if n_corrected != 1 else ''})")
@@ -37,8 +40,11 @@ class ExportDialog(QDialog):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.result = QLabel("The mask is written in the geometry of the source study (spacing, origin, "
-                             "direction), so it lines up in any viewer.")
+        self.result = QLabel(
+            "A binary DICOM Segmentation: a frame for each slice with infection, each referencing its source "
+            "image; patient and study copied from the series, new Series and SOP Instance UIDs." if self.seg else
+            "The mask is written in the geometry of the source study (spacing, origin, direction), so it lines up "
+            "in any viewer.")
         self.result.setObjectName("exportResult")
         self.result.setWordWrap(True)
         form = QFormLayout()
@@ -59,7 +65,8 @@ class ExportDialog(QDialog):
         self.resize(620, self.sizeHint().height())
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export mask", self.path.text(), "NIfTI (*.nii.gz *.nii)")
+        path, _ = QFileDialog.getSaveFileName(self, "Export mask", self.path.text(),
+                                              "DICOM SEG (*.dcm)" if self.seg else "NIfTI (*.nii.gz *.nii)")
         if path:
             self.path.setText(path)
 
@@ -68,7 +75,10 @@ class ExportDialog(QDialog):
 
     def _request(self) -> None:
         text = self.path.text().strip()
-        if not text.lower().endswith((".nii.gz", ".nii")):
+        if self.seg and not text.lower().endswith(".dcm"):
+            text += ".dcm"
+            self.path.setText(text)
+        elif not self.seg and not text.lower().endswith((".nii.gz", ".nii")):
             text += ".nii.gz"
             self.path.setText(text)
         existing = [p for p in export_files(text) if p.exists()]
