@@ -223,7 +223,7 @@ def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", 
         if isinstance(event, Progress):
             event.eta_s = eta.eta(event.stage, event.done, event.total)
     s1 = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=plan.stage1["epochs"]), dev)
-    metrics = yield from relay(run_stage1(slices, run.path, s1, cancel), record_and_eta)
+    metrics = yield from relay(run_stage1(slices, run.path, s1, cancel, log_epochs=True), record_and_eta)
     metrics = {**(metrics or {}), "plan": {**plan.to_dict(), "actual_s": {"total": round(clock() - started, 1)}}}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)

@@ -220,6 +220,26 @@ def test_interrupted_training_resumes_from_its_checkpoint_and_matches_an_uninter
         drive(train_job(small_demo, resumed, tiny(fusion="max")))
 
 
+def test_interrupted_stage1_resumes_without_duplicate_epoch_rows(small_demo, tiny_reference, tmp_path):
+    """Issue 15, item 12: stage 1 has no checkpoint mid-way, so a resume starts it over; the epochs the interrupted
+    attempt logged used to stay in epochs.jsonl next to the new ones."""
+    resumed = tmp_path / "resumed"
+    cancel = CancelToken()
+    with pytest.raises(Cancelled):
+        for event in train_job(small_demo, resumed, tiny(), cancel=cancel):
+            if isinstance(event, EpochReport) and event.stage == "classifier" and event.epoch == 1:
+                cancel.cancel()          # stops at the pseudo masks: stage 1 is left unfinished
+    assert not (resumed / "stage1.json").exists()
+    assert [r["epoch"] for r in RunFolder(resumed).read_epochs("classifier")] == [1]
+    events = []
+    drive(train_job(small_demo, resumed, tiny()), events.append)
+    assert not any("stage 1 already finished" in e.text for e in events if isinstance(e, Message))
+    rows = [(r["stage"], r["epoch"]) for r in RunFolder(resumed).read_epochs()]
+    assert rows == [("classifier", 1), ("segmenter", 1), ("segmenter", 2)]
+    assert rows == [(r["stage"], r["epoch"]) for r in RunFolder(tiny_reference).read_epochs()]
+    assert _same_weights(_weights(tiny_reference), _weights(resumed))
+
+
 def test_a_refused_label_check_leaves_no_run_folder_and_the_corrected_run_trains(small_demo, tiny_reference,
                                                                                   tmp_path, capsys):
     """Issue 15, item 10: labels (and pixel labels) are checked before the run folder is made. A refused run used to
