@@ -28,6 +28,17 @@ def save_prediction(run_dir: str | Path, source_id: str, mask: np.ndarray, study
                             RunFolder(run_dir).prediction_path(source_id))
 
 
+def latest_prediction_of_run(run_dir: str | Path, source_id: str, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The mask a run saved for a source (uint8 0/1), or None when it has none of that shape."""
+    import SimpleITK as sitk
+
+    path = RunFolder(run_dir).prediction_path(source_id)
+    if not path.is_file():
+        return None
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return (arr > 0).astype(np.uint8) if arr.shape == tuple(shape) else None
+
+
 def latest_prediction(project, source_id: str, shape: tuple[int, int, int]) -> tuple[np.ndarray | None, str | None]:
     """The newest run's predicted mask of a source (and the run's path), or (None, None)."""
     import SimpleITK as sitk
