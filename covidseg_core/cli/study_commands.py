@@ -36,12 +36,16 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     from ..project.api import Project
-    from ..results.export import export_project
+    from ..results.export import export_project, export_studies
 
     project = Project.open(args.project, read_only=True)
     try:
-        result = run_job(export_project(project, args.out, source_id=args.source, which=args.masks,
-                                       overwrite=args.overwrite), args.quiet)
+        if args.out.name.endswith((".nii", ".nii.gz")):
+            job = export_project(project, args.out, source_id=args.source, which=args.masks, overwrite=args.overwrite)
+        else:       # a folder: one mask per study (or the one chosen)
+            job = export_studies(project, args.out, which=args.masks, overwrite=args.overwrite,
+                                 source_ids=[args.source] if args.source else None)
+        result = run_job(job, args.quiet)
     finally:
         project.close()
     print_json(result)
@@ -97,7 +101,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("export", help="a project's masks as NIfTI in the source geometry (+ volumes as CSV/JSON)")
     e.add_argument("--project", required=True, type=Path)
-    e.add_argument("--out", required=True, type=Path, help="FILE.nii.gz")
+    e.add_argument("--out", required=True, type=Path,
+                   help="FILE.nii.gz (one study), or a folder: one <study>_infection.nii.gz per study")
     e.add_argument("--source", default=None, help="source id, when the project holds several studies")
     e.add_argument("--masks", choices=("corrected", "predicted"), default="corrected",
                    help="corrected: predictions with the user's corrections applied (default)")

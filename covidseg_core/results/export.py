@@ -28,6 +28,17 @@ def save_prediction(run_dir: str | Path, source_id: str, mask: np.ndarray, study
                             RunFolder(run_dir).prediction_path(source_id))
 
 
+def latest_prediction_of_run(run_dir: str | Path, source_id: str, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The mask a run saved for a source (uint8 0/1), or None when it has none of that shape."""
+    import SimpleITK as sitk
+
+    path = RunFolder(run_dir).prediction_path(source_id)
+    if not path.is_file():
+        return None
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return (arr > 0).astype(np.uint8) if arr.shape == tuple(shape) else None
+
+
 def latest_prediction(project, source_id: str, shape: tuple[int, int, int]) -> tuple[np.ndarray | None, str | None]:
     """The newest run's predicted mask of a source (and the run's path), or (None, None)."""
     import SimpleITK as sitk
@@ -119,3 +130,70 @@ def export_project(project, out: str | Path, source_id: str | None = None, which
     yield Progress("export", 3, 3, "done")
     yield Done({"mask": str(out), "quantification": [str(json_path), str(csv_path)], "source": source_id,
                 "infected_ml": quant["infected_ml"], "infected_percent": quant["infected_percent"], **info})
+
+
+def export_names(project, source_ids: list[str]) -> dict[str, str]:
+    """source id -> the export's file name, from the study: `<name>_infection.nii.gz`; studies with the same
+    name (two ct.nii.gz in different folders) get their id added, so no export replaces another."""
+    from ..project.studies import study_name
+
+    names = {sid: study_name(project, sid) for sid in source_ids}
+    stems = list(names.values())
+    safe = {}
+    for sid, name in names.items():
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or sid
+        if stems.count(name) > 1:
+            stem = f"{stem}_{sid}"
+        safe[sid] = f"{stem}_infection.nii.gz"
+    return safe
+
+
+def export_studies(project, out_dir: str | Path, which: str = "corrected", source_ids: list[str] | None = None,
+                   cancel: CancelToken | None = None, overwrite: bool = False):
+    """Job: one mask (+ quantification) per study of the project into the folder `out_dir`, named from the
+    study (export_names). A study with nothing to export yet (no prediction, no correction) or missing is
+    skipped and named in the result; none exported is an error. Done({"folder", "studies": [...], "skipped"})."""
+    out_dir = Path(out_dir)
+    if out_dir.name.endswith((".nii", ".nii.gz")):
+        raise InputError(f"{out_dir} is a file name; exporting every study needs a folder.",
+                         "Give a folder, or choose one study with --source.")
+    ids = source_ids or [s["id"] for s in project.sources]
+    if not ids:
+        raise ProjectError("The project has no study to export.", "Add a study first.")
+    names = export_names(project, ids)
+    refuse_existing([t for sid in ids for t in export_files(out_dir / names[sid])], overwrite,
+                    "Choose another folder, or pass --overwrite to replace them.")
+    exported, skipped = [], []
+    for k, sid in enumerate(ids):
+        if cancel:
+            cancel.raise_if_cancelled()
+        yield Progress("export", k, len(ids), f"exporting {names[sid]}")
+        if not project.source_path(sid).exists():
+            skipped.append({"source": sid, "reason": f"the study is missing ({project.source_path(sid)})"})
+            continue
+        try:
+            result = yield from _quiet(export_project(project, out_dir / names[sid], source_id=sid, which=which,
+                                                      cancel=cancel, overwrite=overwrite))
+        except ProjectError as exc:       # nothing to export for this study yet
+            skipped.append({"source": sid, "reason": exc.message})
+            continue
+        exported.append(result)
+    if not exported:
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped)
+        raise ProjectError(f"No study had a mask to export ({reasons}).",
+                           "Train (or correct some slices) before exporting.")
+    yield Progress("export", len(ids), len(ids), "done")
+    yield Done({"folder": str(out_dir), "studies": exported, "skipped": skipped})
+
+
+def _quiet(job):
+    """Relay a one-study export's messages but not its own progress (the folder export counts studies)."""
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, Done):
+            return event.result
+        if isinstance(event, Message):
+            yield event
