@@ -40,12 +40,14 @@ class Controller(QObject):
     training_started = Signal()
     exported = Signal(object)            # tasks.Exported
     export_failed = Signal(str)
+    slice_requested = Signal(str)        # a slice id of the open study to show (a suggestion)
 
     def __init__(self, session: Session, jobs: JobRunner, prefs: Prefs, window: WindowPort,
                  parent: QObject | None = None):
         super().__init__(parent)
         self.session, self.jobs, self.prefs, self.window = session, jobs, prefs, window
         self._deferred: list[tuple[object, Callable[[], None]]] = []
+        self._pending_slice: str | None = None     # a suggested slice to show once its study is loaded
         session.study_changed.connect(self._deferred.clear)     # updates queued for the previous study
 
     def run_job(self, name: str, make_job, on_done=None, on_failed=None) -> bool:
@@ -146,11 +148,102 @@ class Controller(QObject):
             if n:
                 self.window.show_status(f"{n} slice labels taken from the study's labels.csv.", 8000)
             self.study_loaded.emit(result)
+            pending, self._pending_slice = self._pending_slice, None
+            if pending is not None:
+                self.slice_requested.emit(pending)
             if result.prediction is not None:
                 s.set_prediction(result.prediction, result.run)
                 self.start_quantify()
 
-        self.run_job("Reading the study", tasks.load_study_job(self.session.project, source_id), loaded)
+        self.run_job("Reading the study", tasks.load_study_job(self.session.project, source_id,
+                                                               self.session.studies.get(source_id)), loaded)
+
+    # --- many studies ----------------------------------------------------------------------------------------------
+    def add_study(self, path: str | Path, series_uid: str | None = None) -> None:
+        """Add a study to the open project (read on the job thread) and show it; the same study twice is said."""
+        s = self.session
+        if s.project is None:
+            self.open_path(path, series_uid=series_uid)       # no project yet: opening makes one
+            return
+
+        def added(result: tasks.StudyAdded) -> None:
+            s.studies[result.source_id] = result.study
+            if not result.new:
+                self.window.show_status(f"{Path(path).name} is already in the project ({result.source_id}).", 8000)
+            elif result.labels_imported:
+                self.window.show_status(f"{result.labels_imported} slice labels taken from the study's labels.csv.",
+                                        8000)
+            s.studies_changed.emit()
+            self.switch_study(result.source_id)
+
+        self.run_job("Adding the study", tasks.add_study_job(s.project, Path(path), series_uid), added)
+
+    def switch_study(self, source_id: str) -> None:
+        s = self.session
+        if s.project is None or source_id == s.source_id or self.jobs.busy:
+            return
+        self.load_source(source_id)
+
+    def step_study(self, step: int) -> None:
+        """Ctrl+PgUp / Ctrl+PgDown: the previous or next study of the project's list."""
+        s = self.session
+        if s.project is None:
+            return
+        ids = [r["id"] for r in s.project.sources]
+        if len(ids) < 2:
+            return
+        here = ids.index(s.source_id) if s.source_id in ids else -1
+        self.switch_study(ids[(here + step) % len(ids)])
+
+    def remove_study(self, source_id: str) -> None:
+        """Remove a study (undoable while the project is open: Ctrl+Z brings it back with its labels and
+        corrections); when it was shown, the next one is."""
+        s = self.session
+        name = Path(s.project.source_path(source_id)).name
+        s.project.remove_source(source_id)        # the study read stays cached: Undo shows it again at once
+        self.window.show_status(f"Removed {name} from the project (Ctrl+Z brings it back).", 10000)
+        if source_id == s.source_id:
+            rest = [r["id"] for r in s.project.sources]
+            if rest:
+                self.load_source(rest[-1])
+            else:
+                s.set_study(None, None)
+
+    def go_next_suggestion(self) -> None:
+        """S: the unlabelled slice most worth labelling next, in any study. Scored once per run (on the job
+        thread); later presses take the next suggestion still unlabelled."""
+        s = self.session
+        if s.project is None or self.jobs.busy:
+            return
+        picks = [p for p in s.suggestions if s.project.label(p["source_id"], p["slice_id"]) is None
+                 and any(r["id"] == p["source_id"] for r in s.project.sources)]
+        if picks:
+            self._go_to_pick(picks[0])
+            return
+        if tasks.last_classifier_run(s.project) is None:
+            self.window.show_error(ProjectError("There is no trained run to suggest slices with yet.",
+                                                "Label some slices in each study and press Train first."))
+            return
+
+        def scored(result: list) -> None:
+            s.set_suggestions(result)
+            if result:
+                self._go_to_pick(result[0])
+            else:
+                self.window.show_status("Every slice of every study is labelled.", 5000)
+
+        self.run_job("Suggesting slices", tasks.suggest_job(s.project, s.studies), scored)
+
+    def _go_to_pick(self, pick: dict) -> None:
+        s = self.session
+        if pick["source_id"] != s.source_id:
+            self._pending_slice = pick["slice_id"]
+            self.switch_study(pick["source_id"])
+        else:
+            self.slice_requested.emit(pick["slice_id"])
+        self.window.show_status(f"Suggested: slice {pick['index'] + 1} of {pick['study']} (classifier "
+                                f"{pick['probability']:.2f}, uncertain)", 8000)
+
 
     def open_demo(self) -> None:
         """Write the demo study into the user's data folder (once) and open it with its project."""
@@ -216,6 +309,7 @@ class Controller(QObject):
             q = result.quantification
             self.later(("quant",), lambda: s.set_quantification(q.result, q.lungs))
         self.later(("runs",), s.runs_changed.emit)
+        self.later(("suggestions",), lambda: s.set_suggestions([]))    # a new classifier: score again
 
     # --- export ----------------------------------------------------------------------------------------------------
     def export(self, which: str, path: str | Path, overwrite: bool = False, fmt: str = "nifti") -> None:

@@ -18,7 +18,8 @@ from .about import show_about, show_log_file
 from .actions import make_actions, make_menus
 from .controller import Controller
 from .dialogs.export_dialog import ExportDialog
-from .dialogs.open_dialogs import ProjectFolderDialog, SeriesChooser, default_project_folder, user_data_dir
+from .dialogs.open_dialogs import (ProjectFolderDialog, SeriesChooser, ask_study_path, default_project_folder,
+                                  user_data_dir)
 from .dialogs.settings_dialog import SettingsDialog, effective_settings
 from .errors_ui import show_error
 from .jobs import JobRunner, run_light
@@ -26,6 +27,7 @@ from .panels.attention_gallery import AttentionGallery
 from .panels.label_panel import LabelPanel
 from .panels.overlay_panel import OverlayPanel
 from .panels.quant_panel import QuantPanel
+from .panels.study_panel import StudyPanel
 from .panels.training_panel import TrainingPanel
 from .panel_sync import APP_TITLE, PanelSync
 from .prefs import Prefs
@@ -56,6 +58,7 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         self.view = SliceView()
         self.setCentralWidget(self.view)
+        self.study_panel = StudyPanel(self.actions_by_name)
         self.label_panel = LabelPanel(self.actions_by_name)
         self.overlay_panel = OverlayPanel(self.actions_by_name)
         self.quant_panel = QuantPanel()
@@ -72,7 +75,7 @@ class MainWindow(QMainWindow):
     def _make_docks(self) -> None:
         side = QWidget()
         lay = QVBoxLayout(side)
-        for panel in (self.label_panel, self.overlay_panel, self.quant_panel):
+        for panel in (self.study_panel, self.label_panel, self.overlay_panel, self.quant_panel):
             lay.addWidget(panel)
         lay.addStretch(1)
         scroll = QScrollArea()
@@ -177,17 +180,23 @@ class MainWindow(QMainWindow):
         self.controller.open_demo()
 
     def choose_study(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a NIfTI volume or a DICOM file of the series", str(Path.home()),
-                                              "CT studies (*.nii *.nii.gz *.mha *.nrrd *.dcm);;All files (*)")
-        if path:
-            p = Path(path)       # a DICOM file stands for its folder (the whole series)
-            self.open_path(p.parent if p.suffix.lower() == ".dcm" or not p.suffix else p)
-
-    def choose_image_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open a DICOM folder or a folder of slice images",
-                                                str(Path.home()))
+        path = ask_study_path(self, "Open", folder=False)
         if path:
             self.open_path(path)
+
+    def choose_image_folder(self) -> None:
+        path = ask_study_path(self, "Open", folder=True)
+        if path:
+            self.open_path(path)
+
+    def choose_study_to_add(self, folder: bool = False) -> None:
+        path = ask_study_path(self, "Add", folder=folder)
+        if path:
+            self.controller.add_study(path)
+
+    def remove_current_study(self) -> None:
+        if self.session.has_study and not self.jobs.busy:
+            self._try(lambda: self.controller.remove_study(self.session.source_id))
 
     def choose_project(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a project folder", str(user_data_dir()))
@@ -344,6 +353,13 @@ class MainWindow(QMainWindow):
             a[name].setEnabled(has and not busy)
         a["open_seg"].setEnabled(self.session.project is not None and not busy)
         a["settings"].setEnabled(self.session.project is not None)
+        several = self.session.project is not None and len(self.session.project.sources) > 1
+        for name in ("prev_study", "next_study"):
+            a[name].setEnabled(several and not busy)
+        a["add_study"].setEnabled(not busy)
+        a["add_study_folder"].setEnabled(not busy)
+        a["remove_study"].setEnabled(has and not busy)
+        a["suggest"].setEnabled(self.session.project is not None and not busy)
         for name in ("open_study", "open_image_folder", "open_project", "demo"):
             a[name].setEnabled(not busy)
         if self.session.project is None:

@@ -29,6 +29,12 @@ class PanelSync(QObject):
         s.results_changed.connect(self.on_results_changed)
         s.attention_changed.connect(self.on_attention_changed)
         s.runs_changed.connect(self.refresh_runs)
+        s.studies_changed.connect(self.refresh_studies)
+        s.project_changed.connect(self.refresh_studies)
+        s.suggestions_changed.connect(self.on_suggestions_changed)
+        window.study_panel.study_clicked.connect(window.controller.switch_study)
+        window.controller.slice_requested.connect(self.go_to_slice_id)
+        self._shown_shape = None        # the slice shape on screen: a study of the same shape keeps the zoom
 
     def on_study_changed(self) -> None:
         w = self.window
@@ -37,8 +43,11 @@ class PanelSync(QObject):
         if study is None:
             w.view.set_volume(None)
         else:
+            keep = w.view.view_range() if self._shown_shape == tuple(study.shape[1:]) else None
             window = w.prefs.hu_window(w.view.window) if study.is_hu else None
             w.view.set_volume(study.array, study.is_hu, study.spacing, window)
+            w.view.set_view_range(keep)          # switching studies keeps window/level (prefs) and zoom
+            self._shown_shape = tuple(study.shape[1:])
             name = Path(study.source).name
             w.setWindowTitle(f"{name} — {s.project.name} — {APP_TITLE}")
             if study.warnings:
@@ -47,6 +56,8 @@ class PanelSync(QObject):
         self.on_corrections_changed([])
         w.quant_panel.set_result(None, None)
         w.training_panel.clear_curves()          # the curves belong to the previous study's training
+        self.refresh_studies()
+        self.on_suggestions_changed()
         w._update_enabled()
         self.on_slice_changed(w.view.index)
 
@@ -120,6 +131,14 @@ class PanelSync(QObject):
         w = self.window
         if self.session.study is not None and slice_id in self.session.study.slice_ids:
             w.view.set_slice(self.session.study.slice_index(slice_id))
+
+    def refresh_studies(self) -> None:
+        w = self.window
+        w.study_panel.set_rows(self.session.study_rows())
+        w._update_enabled()
+
+    def on_suggestions_changed(self) -> None:
+        self.window.label_panel.strip.set_suggested(self.session.suggested_indices())
 
     def refresh_runs(self) -> None:
         w = self.window

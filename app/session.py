@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal, Slot
 
-from covidseg_core.constants import LABELS
 from covidseg_core.errors import CovidSegError
 from covidseg_core.project.api import Project
 from covidseg_core.study import Study
@@ -42,6 +41,8 @@ class Session(QObject):
     settings_changed = Signal()
     results_changed = Signal()             # prediction / pseudo masks / quantification
     attention_changed = Signal(list)       # slice ids with new maps
+    studies_changed = Signal()             # a study added, removed or restored; labels or runs of any study
+    suggestions_changed = Signal()
 
     _project_event = Signal(str, dict)     # relayed from the Project's callback (any thread)
 
@@ -56,6 +57,8 @@ class Session(QObject):
         self.attention: dict[str, AttentionHistory] = {}   # slice id -> maps reported during training
         self.quantification: dict | None = None
         self.lungs: np.ndarray | None = None                # lung fields of the study, once measured
+        self.studies: dict[str, Study] = {}                 # source id -> the studies read so far (switching)
+        self.suggestions: list[dict] = []                  # covidseg_core.suggest picks, best first
         self._unsubscribe = None
         self._correction_cache: dict[str, np.ndarray | None] = {}
         self._project_event.connect(self._on_project_event)
@@ -73,6 +76,8 @@ class Session(QObject):
             self._unsubscribe()
             self._unsubscribe = None
         self.set_study(None, None)
+        self.studies = {}
+        self.suggestions = []
         if self.project is not None:
             try:
                 self.project.close()
@@ -82,6 +87,10 @@ class Session(QObject):
 
     @Slot(str, dict)
     def _on_project_event(self, event: str, payload: dict) -> None:
+        if event in ("sources_changed", "labels_changed", "runs_changed"):
+            if event == "labels_changed":
+                self._drop_labelled_suggestions(payload.get("source_id"), payload.get("slice_ids") or [])
+            self.studies_changed.emit()
         if payload.get("source_id") not in (None, self.source_id):
             return
         if event == "labels_changed":
@@ -97,10 +106,55 @@ class Session(QObject):
         elif event == "settings_changed":
             self.settings_changed.emit()
 
+    # --- studies of the project ---------------------------------------------------------------------------
+    def study_rows(self) -> list[dict]:
+        """One row per study for the study list: id, name, present, counts (unlabelled once the study was read),
+        training status, burden (infected mL of the newest finished run that measured it), current."""
+        if self.project is None:
+            return []
+        from covidseg_core.project.studies import study_name, training_status
+
+        rows = []
+        for record in self.project.sources:
+            sid = record["id"]
+            study = self.studies.get(sid)
+            status = training_status(self.project, sid)
+            burden = None
+            for run in reversed(self.project.runs):
+                ml = ((run.get("summary") or {}).get("infected_ml") or None)
+                if isinstance(ml, dict) and ml.get(sid) is not None:
+                    burden = ml[sid]
+                    break
+            rows.append({"id": sid, "name": study_name(self.project, sid),
+                         "present": self.project.source_path(sid).exists(),
+                         "counts": self.project.counts(sid, study.slice_ids if study else None),
+                         "status": status["status"] if status else None, "burden_ml": burden,
+                         "current": sid == self.source_id})
+        return rows
+
+    def set_suggestions(self, picks: list[dict]) -> None:
+        self.suggestions = list(picks)
+        self.suggestions_changed.emit()
+
+    def _drop_labelled_suggestions(self, source_id, slice_ids) -> None:
+        before = len(self.suggestions)
+        gone = set(slice_ids)
+        self.suggestions = [p for p in self.suggestions if not (p["source_id"] == source_id and p["slice_id"] in gone)]
+        if len(self.suggestions) != before:
+            self.suggestions_changed.emit()
+
+    def suggested_indices(self) -> list[int]:
+        """Slices of the open study that are suggested for labelling."""
+        if not self.has_study:
+            return []
+        return [p["index"] for p in self.suggestions if p["source_id"] == self.source_id]
+
     # --- study ---------------------------------------------------------------------------------------------
     def set_study(self, source_id: str | None, study: Study | None) -> None:
         self.source_id = source_id
         self.study = study
+        if source_id is not None and study is not None:
+            self.studies[source_id] = study
         self.prediction = None
         self.prediction_run = None
         self.pseudo = {}
@@ -120,20 +174,11 @@ class Session(QObject):
     def import_study_labels(self) -> int:
         """Labels that came with the study (labels.csv) become project labels, once: only when the project has
         none yet for this study, so the user's own labels are never overwritten. Returns how many."""
-        if not self.has_study or self.project.labels(self.source_id):
+        if not self.has_study:
             return 0
-        rows = self.study.meta.get("labels") or {}
-        index_of = {str(i): sid for i, sid in enumerate(self.study.slice_ids)}
-        known = set(self.study.slice_ids)
-        labels = {}
-        for key, row in rows.items():
-            label = row.get("label") if isinstance(row, dict) else row
-            sid = key if key in known else index_of.get(key)
-            if sid is not None and label in LABELS:
-                labels[sid] = label
-        if labels:
-            self.project.set_labels(self.source_id, labels)
-        return len(labels)
+        from covidseg_core.project.studies import import_labels
+
+        return import_labels(self.project, self.source_id, self.study)
 
     # --- labels --------------------------------------------------------------------------------------------
     def label_list(self) -> list[str | None]:

@@ -284,6 +284,18 @@ class SliceView(QWidget):
     def zoom(self, factor: float) -> None:
         self._vb.scaleBy((1.0 / factor, 1.0 / factor))
 
+    def view_range(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """The part of the slice shown ((x0, x1), (y0, y1)) in pixels: the zoom and pan; None with no volume."""
+        if self._volume is None:
+            return None
+        (x0, x1), (y0, y1) = self._vb.viewRange()
+        return (float(x0), float(x1)), (float(y0), float(y1))
+
+    def set_view_range(self, rng) -> None:
+        """Show that part again (switching studies keeps the zoom)."""
+        if self._volume is not None and rng is not None:
+            self._vb.setRange(xRange=rng[0], yRange=rng[1], padding=0)
+
     # --- window / level ------------------------------------------------------------------------------------
     @property
     def window(self) -> tuple[float, float]:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from covidseg_core.errors import Cancelled, TrainingError
+from covidseg_core.errors import TrainingError
 from covidseg_core.events import CancelToken, Done, EpochReport, Message, Progress, relay
 from covidseg_core.study import Study
 
@@ -58,9 +58,44 @@ class Exported:
 
 # --- small jobs ------------------------------------------------------------------------------------------------
 
-def load_study_job(project, source_id: str):
-    """Read a project's study with the core's loader (which also picks up a labels.csv that comes with it), and
-    the newest prediction a run saved for it. Done(StudyLoaded)."""
+@dataclass
+class StudyAdded:
+    source_id: str
+    study: Study
+    new: bool                                  # False: it was in the project already
+    labels_imported: int = 0
+
+
+def add_study_job(project, path: Path, series_uid: str | None = None):
+    """Read a study and add it to the open project (covidseg_core.project.studies.add_study: the same study is
+    not added twice; its labels.csv becomes project labels while it has none). Done(StudyAdded)."""
+    from covidseg_core.project.studies import add_study
+
+    def job(cancel: CancelToken) -> Iterator:
+        yield Progress("load", 0, 1, f"Reading {Path(path).name}")
+        added = add_study(project, path, series_uid=series_uid)
+        yield Progress("load", 1, 1, f"{added.study.n_slices} slices")
+        yield Done(StudyAdded(added.source_id, added.study, added.new, added.labels_imported))
+    return job
+
+
+def suggest_job(project, studies: dict, device: str = "cpu"):
+    """The slices to label next across every study (covidseg_core.suggest), scored by the newest run's
+    classifier. Done(list of suggestions, best first)."""
+    from covidseg_core.suggest import suggest_slices
+
+    def job(cancel: CancelToken) -> Iterator:
+        yield Progress("suggest", 0, 1, "scoring the unlabelled slices")
+        picks = suggest_slices(project, None, n=50, device="cpu" if device == "auto" else device,
+                               studies=dict(studies))
+        yield Progress("suggest", 1, 1)
+        yield Done(picks)
+    return job
+
+
+def load_study_job(project, source_id: str, study: Study | None = None):
+    """Read a project's study with the core's loader (which also picks up a labels.csv that comes with it), unless
+    it was read already (`study`), and the newest prediction a run saved for it. Done(StudyLoaded)."""
     from covidseg_core.io.loader import open_study
     from covidseg_core.results.export import latest_prediction
     from covidseg_core.runs import RunFolder
@@ -70,14 +105,18 @@ def load_study_job(project, source_id: str):
 
     def job(cancel: CancelToken) -> Iterator:
         yield Progress("load", 0, 2, f"Reading {path.name}")
-        study = open_study(path, series_uid=series_uid)
+        if not path.exists():
+            from covidseg_core.errors import InputError
+            raise InputError(f"The study {path} is missing: it was moved or deleted. Its labels are kept.",
+                             "Put it back where it was, or add it again from its new place (Add study).")
+        opened = study if study is not None else open_study(path, series_uid=series_uid)
         cancel.raise_if_cancelled()
-        for w in study.warnings:
+        for w in opened.warnings:
             yield Message(w, "warning")
-        yield Progress("load", 1, 2, f"{study.n_slices} slices")
-        prediction, run = latest_prediction(project, source_id, study.shape)
-        yield Progress("load", 2, 2, f"{study.n_slices} slices")
-        yield Done(StudyLoaded(study, prediction, run, RunFolder(run).epoch_reports() if run else []))
+        yield Progress("load", 1, 2, f"{opened.n_slices} slices")
+        prediction, run = latest_prediction(project, source_id, opened.shape)
+        yield Progress("load", 2, 2, f"{opened.n_slices} slices")
+        yield Done(StudyLoaded(opened, prediction, run, RunFolder(run).epoch_reports() if run else []))
     return job
 
 
@@ -203,44 +242,30 @@ def last_usable_run(project) -> Path | None:
     return None
 
 
-def slice_set_for(project, source_id: str, study: Study):
-    """The core's training input for one study: its slices in [0, 1] and the project's labels."""
-    from covidseg_core.data import SliceSet
+def last_classifier_run(project) -> Path | None:
+    """The newest run of the project with a classifier (what suggestions are scored with)."""
+    from covidseg_core.suggest import newest_classifier_run
 
-    labels = project.labels(source_id)
-    group = Path(study.source).name or source_id
-    return SliceSet(images=study.unit_range(), ids=list(study.slice_ids),
-                    labels=[labels.get(s) for s in study.slice_ids], groups=[group] * study.n_slices, study=study)
+    return newest_classifier_run(project)
 
 
-def write_pixel_labels(project, source_id: str, study: Study, folder: Path) -> int:
-    """The user's corrections as the core's --pixel-labels folder (PNG 0/255 named as the core names slices)."""
-    from PIL import Image
-
-    from covidseg_core.atomic import atomic_write
-    from covidseg_core.runs import slice_png_name
-
-    n = 0
-    for slice_id in project.corrections(source_id):
-        if slice_id not in study.slice_ids:
-            continue
-        mask = project.correction(source_id, slice_id)
-        if mask is None:
-            continue
-        atomic_write(folder / slice_png_name(slice_id), lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"))
-        n += 1
-    return n
-
-
-def read_run_pngs(folder: Path, study: Study) -> dict[str, np.ndarray]:
-    """RUN/pseudo or RUN/cams: slice id -> PNG array, for the slices that have one."""
+def read_run_pngs(folder: Path, study: Study, source_id: str | None = None) -> dict[str, np.ndarray]:
+    """RUN/pseudo or RUN/cams: slice id -> PNG array at the study's size, for the slices that have one (named
+    <source>__<slice> by a project run, by the slice alone by a one-study run)."""
+    from covidseg_core.imaging.resize import to_shape
     from covidseg_core.io.images import read_gray
+    from covidseg_core.project.studies import training_slice_id
     from covidseg_core.runs import slice_png_name
 
     if not folder.is_dir():
         return {}
-    paths = {sid: folder / slice_png_name(sid) for sid in study.slice_ids}
-    return {sid: read_gray(p) for sid, p in paths.items() if p.is_file()}
+    out = {}
+    for sid in study.slice_ids:
+        names = ([slice_png_name(training_slice_id(source_id, sid))] if source_id else []) + [slice_png_name(sid)]
+        path = next((folder / n for n in names if (folder / n).is_file()), None)
+        if path is not None:
+            out[sid] = to_shape(read_gray(path), tuple(study.shape[1:]), nearest=True)
+    return out
 
 
 def train_config(settings: dict):
@@ -252,68 +277,69 @@ def train_config(settings: dict):
     return TrainConfig(**{k: v for k, v in settings.items() if k in fields and v is not None})
 
 
-def _run_summary(metrics: dict | None, status: str, source_id: str, settings: dict, **extra) -> dict:
-    summary = {"status": status, "source": source_id, "settings": settings, **extra}
-    seg = (metrics or {}).get("segmenter") or {}
-    if "best_val_loss" in seg:
-        summary["best_val_loss"] = seg["best_val_loss"]
-    if metrics and "seconds" in metrics:
-        summary["seconds"] = metrics["seconds"]
-    return summary
-
-
 def train_job(project, source_id: str, study: Study, settings: dict, lungs: np.ndarray | None):
-    """The whole pipeline for the open study, as one job: covidseg_core.pipeline.train_job into a new run of the
-    project (stage 1, pseudo masks, segmenter, with the user's corrections as pixel labels), then prediction
-    of the study with that run, saved in the run (results.export.save_prediction), then the volumes.
-    Everything, imports included, happens on the job thread. Done(PipelineResult)."""
+    """The whole pipeline on every study of the project, as one job: covidseg_core.project_training (stage 1,
+    pseudo masks, segmenter on the labels and corrections of all studies, each study predicted and saved in the
+    run) into a new run of the project, then the open study's prediction, pseudo masks, attention maps and
+    volumes. The other studies are read on the job thread. Everything, imports included, happens on the job
+    thread. Done(PipelineResult)."""
     def job(cancel: CancelToken) -> Iterator:
         try:
-            from covidseg_core import pipeline
+            from covidseg_core import project_training
         except ImportError as exc:
             raise TrainingError(f"Training is not available in this installation ({exc}).",
                                 "Install PyTorch (see the README); labelling and viewing still work.") from exc
         yield Progress("classifier", 0, 1, "preparing the slices")
-        slices = slice_set_for(project, source_id, study)
         cfg = train_config(settings)
         device = settings.get("device", "auto")
         run_dir = project.new_run_dir()
-        pixel_dir = project.folder / "pixel_labels" / run_dir.name
-        n_pixel = write_pixel_labels(project, source_id, study, pixel_dir)
-        if n_pixel:
-            cfg.pixel_labels = str(pixel_dir)
-        project.add_run(run_dir, _run_summary(None, "running", source_id, settings, pixel_labels=n_pixel))
-        try:
-            metrics = yield from relay(pipeline.train_job(study.source, run_dir, cfg, device=device, cancel=cancel,
-                                                          slices=slices))
-            result = yield from _predict_steps(run_dir, project, source_id, study, device, lungs, cancel)
-        except Cancelled:
-            project.add_run(run_dir, _run_summary(None, "cancelled", source_id, settings, pixel_labels=n_pixel))
-            raise
-        except Exception as exc:  # recorded in the run history, then shown by the GUI (re-raised)
-            project.add_run(run_dir, _run_summary(None, "failed", source_id, settings, error=str(exc)))
-            raise
-        project.add_run(run_dir, _run_summary(metrics, "done", source_id, settings, pixel_labels=n_pixel,
-                                              infected_ml=result.quantification.result["infected_ml"]))
+        own = _own_maps(source_id, study)
+        metrics = yield from relay(project_training.project_train_job(
+            project, run_dir, cfg, device=device, cancel=cancel, studies={source_id: study}, settings=settings),
+            own)
+        result = yield from _predict_steps(run_dir, project, source_id, study, device, lungs, cancel, predicted=True)
         yield Done(dataclasses.replace(result, metrics=metrics))
     return job
 
 
-def _predict_steps(run_dir: Path, project, source_id: str, study: Study, device: str, lungs, cancel):
-    """Generator: predict the study with a run, save the prediction in the run, read its pseudo masks and
-    fused CAMs, measure the volumes. Returns PipelineResult."""
+def _own_maps(source_id: str, study: Study):
+    """relay's on_event: an epoch's attention maps keyed by the open study's slice ids (training reports them by
+    <source>__<slice id> across every study; the other studies' maps are dropped)."""
+    from covidseg_core.project.studies import split_training_id
+
+    known = set(study.slice_ids)
+
+    def on_event(ev) -> None:
+        if isinstance(ev, EpochReport) and ev.maps:
+            maps = {}
+            for key, m in ev.maps.items():
+                sid, slice_id = split_training_id(key)
+                if sid == source_id and slice_id in known:
+                    maps[slice_id] = m
+            ev.maps = maps
+    return on_event
+
+
+def _predict_steps(run_dir: Path, project, source_id: str, study: Study, device: str, lungs, cancel,
+                   predicted: bool = False):
+    """Generator: predict the study with a run (or, `predicted`, read what the run saved for it), save the
+    prediction in the run, read its pseudo masks and fused CAMs, measure the volumes. Returns PipelineResult."""
     from covidseg_core.infer.model import load_run_model
     from covidseg_core.infer.predict import predict_masks
     from covidseg_core.results.export import save_prediction
     from covidseg_core.runs import RunFolder
 
-    yield Progress("predict", 0, study.n_slices, "loading the network")
-    lm = load_run_model(run_dir, device)
-    mask = yield from predict_masks(lm, study.unit_range(), cancel=cancel)
-    save_prediction(run_dir, source_id, mask, study)
+    from covidseg_core.results.export import latest_prediction_of_run
+
+    mask = latest_prediction_of_run(run_dir, source_id, study.shape) if predicted else None
+    if mask is None:
+        yield Progress("predict", 0, study.n_slices, "loading the network")
+        lm = load_run_model(run_dir, device)
+        mask = yield from predict_masks(lm, study.unit_range(), cancel=cancel)
+        save_prediction(run_dir, source_id, mask, study)
     run = RunFolder(run_dir)
-    pseudo = read_run_pngs(run.pseudo_dir, study)
-    fused = {sid: a.astype(np.float32) / 255.0 for sid, a in read_run_pngs(run.cams_dir, study).items()}
+    pseudo = read_run_pngs(run.pseudo_dir, study, source_id)
+    fused = {sid: a.astype(np.float32) / 255.0 for sid, a in read_run_pngs(run.cams_dir, study, source_id).items()}
     quant = yield from quantify_steps(study, mask, lungs, cancel)
     return PipelineResult(str(run_dir), mask, pseudo, fused, quant)
 

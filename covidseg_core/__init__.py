@@ -11,7 +11,8 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   study.py             Study: array (z, y, x), geometry, slice ids, unit_range() (what the networks see)
   io/                  dicom, nifti, images, loader: files <-> Study, geometry exact; dicom_seg: masks <-> DICOM SEG
   data.py              SliceSet: a study's slices in [0, 1] with labels, groups, optional ground truth
-  project/             api (Project), store (snapshot, journal, lock), ops (changes as a table), corrections
+  project/             api (Project), store (snapshot, journal, lock), ops (changes as a table), corrections,
+                       studies (add a study, per-study summary, every study's slices as one training set)
   runs.py              RunFolder: the only owner of paths inside a run (checkpoints, pseudo/, cams/, epochs...)
   imaging/             windowing, resize (every resize), lungs (threshold lung field, density cues), lung_model
                        (the learned lung field, its packaged weights, the fallback), augment (both stages' augmentation)
@@ -31,9 +32,11 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   train_config.py      TrainConfig and the --fast preset (plain data, no torch)
   throughput.py        measures both stages' training speed on their own first steps, for the planner
   pipeline.py          the `train` job: weak, then seg (which never import each other), then a report
+  project_training.py  `train --project`: the train job on every study of a project, then each study predicted
+  suggest.py           which slice to label next: a run's classifier on every unlabelled slice, ranked
   phantom/             a synthetic chest CT with COVID-19 lesions (anatomy, vessel trees, lesions, scanner)
   demo.py              the synthetic demo study (the phantom written as NIfTI + image folder)
-  cli/                 `covidseg`: parser, output, study/training/prediction command groups
+  cli/                 `covidseg`: parser, output, study/project/training/prediction command groups
 
 Where state lives: a user's work in a project folder (project/), a training run's in a run folder (runs.py);
 nothing is kept between calls in memory. Threads: none start here; long jobs are generators with a cancel token,

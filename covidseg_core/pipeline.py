@@ -40,7 +40,7 @@ from .seg.training import prepare_segmenter_data, train_segmenter
 from .synth.study import study_supply
 from .throughput import stage1_costs, stage2_costs
 from .train_config import TrainConfig
-from .weak.config import Stage1Config
+from .weak.config import Stage1Config, check_inputs
 from .weak.job import run_stage1
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", 
     dev = resolve_device(device)
     _check_config(cfg, dev)
     cfg = dataclasses.replace(cfg, budget_minutes=cfg.budget_minutes or 0, seg_epochs=None)
+    _check_data(slices, cfg, dev)
     run = RunFolder(out)
     recorded = run.read_json(PLAN_NAME) if run.exists() else None
     plan = Plan.from_dict(recorded) if recorded else new_plan(cfg, dev, max(slices.images.shape[1:]))
@@ -222,7 +223,7 @@ def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", 
         if isinstance(event, Progress):
             event.eta_s = eta.eta(event.stage, event.done, event.total)
     s1 = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=plan.stage1["epochs"]), dev)
-    metrics = yield from relay(run_stage1(slices, run.path, s1, cancel), record_and_eta)
+    metrics = yield from relay(run_stage1(slices, run.path, s1, cancel, log_epochs=True), record_and_eta)
     metrics = {**(metrics or {}), "plan": {**plan.to_dict(), "actual_s": {"total": round(clock() - started, 1)}}}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)
@@ -275,6 +276,16 @@ def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
     budget_seconds(cfg.budget_minutes, dev.type == "cuda")     # a negative or non-finite budget is an InputError
 
 
+def _check_data(slices, cfg: TrainConfig, dev: torch.device, data=None) -> None:
+    """What stage 1 would refuse in these slices and labels (too few of a label, identical images...), checked
+    before the run folder is made: a refused run leaves no folder behind, and the corrected command then starts
+    afresh instead of being refused as trained on "other data"."""
+    if len(slices) == 0:
+        raise InputError(f"{data or 'The data set'} holds no slices.")
+    size = new_plan(cfg, dev, max(slices.images.shape[1:])).size
+    check_inputs(slices, stage1_config(dataclasses.replace(cfg, size=size, cls_epochs=cfg.cls_epochs or 1), dev))
+
+
 def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None, device: str = "auto",
               cancel: CancelToken | None = None, labels_csv: str | Path | None = None, slices=None,
               clock=time.monotonic):
@@ -291,8 +302,9 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     if slices is None:
         yield Message(f"reading {data}")
         slices = load_slice_set(data, labels_csv)
-    if len(slices) == 0:
-        raise InputError(f"{data} holds no slices.")
+    _check_data(slices, cfg, dev, data)
+    if cfg.pixel_labels:             # their names and sizes, before the run folder is made (read again in stage 2)
+        build_targets(slices, None, Path(cfg.pixel_labels))
     run = RunFolder(out)
     options = cfg.options()
     data_info = {"path": str(Path(data).resolve()) if data else None, "n_slices": len(slices),

@@ -320,3 +320,35 @@ def test_real_series_round_trip(shared_data, tmp_path, name):
     np.testing.assert_array_equal(back, nifti)
     np.testing.assert_array_equal(back, mask)
     project.close()
+
+
+def test_cli_folder_export_one_seg_per_dicom_study_others_skipped(seg_project, tmp_path, capsys):
+    """`export --format dicom-seg --out DIR` with a DICOM and a NIfTI study: the DICOM study gets its SEG, the
+    NIfTI one is skipped with a warning and listed with its reason; as nifti both are written."""
+    project, sid, study, mask, run = seg_project
+    vol = tmp_path / "vol.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 10, 10), np.int16)), str(vol))
+    other = project.add_source(vol, "nifti")
+    save_prediction(run, other, np.ones((4, 10, 10), np.uint8), open_study(vol))
+    folder = str(project.folder)
+    project.close()
+    out = tmp_path / "segs"
+    assert main(["export", "--project", folder, "--format", "dicom-seg", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert sorted(p.name for p in out.iterdir()) == ["ct_infection.dcm", "ct_infection.quant.csv",
+                                                     "ct_infection.quant.json"]
+    assert [r["source"] for r in result["studies"]] == [sid] and result["studies"][0]["seg"]["frames"] == 2
+    assert result["skipped"][0]["source"] == other and "not from DICOM" in result["skipped"][0]["reason"]
+    assert f"{other} skipped" in captured.err and "--format nifti" in captured.err
+    assert read_seg(out / "ct_infection.dcm").referenced_series_uids == [SERIES_UID]
+    assert main(["-q", "export", "--project", folder, "--format", "dicom-seg", "--out", str(out)]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert main(["-q", "export", "--project", folder, "--out", str(tmp_path / "nii")]) == 0
+    assert len(json.loads(capsys.readouterr().out)["studies"]) == 2
+    # only the NIfTI study chosen: nothing can be a SEG, said in one line
+    assert main(["-q", "export", "--project", folder, "--format", "dicom-seg", "--out", str(tmp_path / "none"),
+                 "--source", other]) == 2
+    err = capsys.readouterr().err
+    assert "needs a study opened from DICOM" in err and err.count("\n") == 1
+    assert not (tmp_path / "none").exists()

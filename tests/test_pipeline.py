@@ -220,6 +220,54 @@ def test_interrupted_training_resumes_from_its_checkpoint_and_matches_an_uninter
         drive(train_job(small_demo, resumed, tiny(fusion="max")))
 
 
+def test_interrupted_stage1_resumes_without_duplicate_epoch_rows(small_demo, tiny_reference, tmp_path):
+    """Issue 15, item 12: stage 1 has no checkpoint mid-way, so a resume starts it over; the epochs the interrupted
+    attempt logged used to stay in epochs.jsonl next to the new ones."""
+    resumed = tmp_path / "resumed"
+    cancel = CancelToken()
+    with pytest.raises(Cancelled):
+        for event in train_job(small_demo, resumed, tiny(), cancel=cancel):
+            if isinstance(event, EpochReport) and event.stage == "classifier" and event.epoch == 1:
+                cancel.cancel()          # stops at the pseudo masks: stage 1 is left unfinished
+    assert not (resumed / "stage1.json").exists()
+    assert [r["epoch"] for r in RunFolder(resumed).read_epochs("classifier")] == [1]
+    events = []
+    drive(train_job(small_demo, resumed, tiny()), events.append)
+    assert not any("stage 1 already finished" in e.text for e in events if isinstance(e, Message))
+    rows = [(r["stage"], r["epoch"]) for r in RunFolder(resumed).read_epochs()]
+    assert rows == [("classifier", 1), ("segmenter", 1), ("segmenter", 2)]
+    assert rows == [(r["stage"], r["epoch"]) for r in RunFolder(tiny_reference).read_epochs()]
+    assert _same_weights(_weights(tiny_reference), _weights(resumed))
+
+
+def test_a_refused_label_check_leaves_no_run_folder_and_the_corrected_run_trains(small_demo, tiny_reference,
+                                                                                  tmp_path, capsys):
+    """Issue 15, item 10: labels (and pixel labels) are checked before the run folder is made. A refused run used to
+    leave a config.json stub, and the corrected command was then refused as "trained on other data"."""
+    data = tmp_path / "study"
+    shutil.copytree(small_demo, data)
+    good = (data / "labels.csv").read_text()
+    assert ",infected," in good
+    (data / "labels.csv").write_text(good.replace(",infected,", ",clean,"))
+    run = tmp_path / "run"
+    train = ["-q", "train", "--data", str(data), "--out", str(run), "--cls-epochs", "1", "--seg-epochs", "1"]
+    assert cli.main(train) == 2
+    assert "found 0 infected" in capsys.readouterr().err
+    assert not run.exists()
+
+    (data / "labels.csv").write_text(good)
+    stray = tmp_path / "pixel_labels"
+    stray.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(stray / "not_a_slice.png")
+    with pytest.raises(InputError, match="match no image"):
+        drive(train_job(data, run, tiny(pixel_labels=str(stray))))
+    assert not run.exists()
+
+    result = drive(train_job(data, run, tiny()))
+    assert result["complete"]
+    assert _same_weights(_weights(tiny_reference), _weights(run))
+
+
 def test_ground_truth_masks_never_train(small_demo, tiny_reference, tmp_path):
     reference = tiny_reference
     corrupted = tmp_path / "corrupted_data"

@@ -16,6 +16,7 @@ from covidseg_core.events import CancelToken, Done, EpochReport, Progress, drive
 from covidseg_core.imaging.lungs import lung_field
 from covidseg_core.constants import IGNORE
 from covidseg_core.results.metrics import roc_auc
+from covidseg_core.runs import RunFolder
 from covidseg_core.weak.config import Stage1Config
 from covidseg_core.weak.job import run_stage1
 from covidseg_core.weak.pseudo_masks import from_png_values, make_pseudo_mask, to_png_values
@@ -145,6 +146,31 @@ def test_cancel_mid_epoch_returns_fast_and_leaves_a_consistent_run(tmp_path):
     rows = [json.loads(l) for l in (out / "epochs.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
     assert not (out / "pseudo").exists() and not list(out.rglob("*.tmp"))
+
+
+def test_pseudo_rerun_after_an_interruption_logs_each_epoch_once(tmp_path):
+    """Issue 15, item 12, for `covidseg pseudo`: the same command again starts stage 1 over; epochs.jsonl then holds
+    each classifier epoch once (it used to keep the interrupted attempt's rows and log none of the new ones)."""
+    from covidseg_core.pipeline import pseudo_job
+    from covidseg_core.train_config import TrainConfig
+
+    slices = synthetic_slice_set(n_infected=6, n_clean=6, seed=6, size=32)
+    cfg = TrainConfig(size=None, cls_epochs=3, budget_minutes=0, lung_method="threshold")
+    out, reference = tmp_path / "run", tmp_path / "reference"
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        for ev in pseudo_job(slices, out, cfg, device="cpu", cancel=token):
+            if isinstance(ev, EpochReport) and ev.epoch == 2:
+                token.cancel()
+    assert [r["epoch"] for r in RunFolder(out).read_epochs("classifier")] == [1, 2]
+    drive(pseudo_job(slices, out, cfg, device="cpu"))
+    drive(pseudo_job(slices, reference, cfg, device="cpu"))
+    assert [r["epoch"] for r in RunFolder(out).read_epochs()] == [1, 2, 3]
+    losses = [[r["loss"] for r in RunFolder(run).read_epochs()] for run in (out, reference)]
+    assert losses[0] == losses[1]
+    wa = torch.load(out / "classifier.pt", weights_only=True)["model"]
+    wb = torch.load(reference / "classifier.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_nan_loss_is_a_training_error(tmp_path):

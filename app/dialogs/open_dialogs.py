@@ -8,6 +8,22 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QHBoxLayo
                                QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
 
 
+def ask_study_path(parent, verb: str, folder: bool) -> Path | None:
+    """A study chosen by the user (a file: NIfTI volume or a DICOM file standing for its series; or a folder:
+    DICOM or slice images), or None. `verb`: "Open" or "Add"."""
+    if folder:
+        path = QFileDialog.getExistingDirectory(parent, f"{verb} a DICOM folder or a folder of slice images",
+                                                str(Path.home()))
+        return Path(path) if path else None
+    path, _ = QFileDialog.getOpenFileName(parent, f"{verb} a NIfTI volume or a DICOM file of the series",
+                                          str(Path.home()),
+                                          "CT studies (*.nii *.nii.gz *.mha *.nrrd *.dcm);;All files (*)")
+    if not path:
+        return None
+    p = Path(path)       # a DICOM file stands for its folder (the whole series)
+    return p.parent if p.suffix.lower() == ".dcm" or not p.suffix else p
+
+
 def user_data_dir() -> Path:
     base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
     return Path(base) if base else Path.home() / ".covidseg"

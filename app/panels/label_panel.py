@@ -8,10 +8,12 @@ from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QSizePolicy, QTool
 
 LABEL_COLORS = {"infected": QColor(226, 74, 51), "clean": QColor(70, 170, 90), None: QColor(85, 90, 100)}
 CORRECTED_COLOR = QColor(255, 209, 102)
+SUGGESTED_COLOR = QColor(90, 170, 255)
 
 
 class SliceStrip(QWidget):
-    """One thin cell per slice, coloured by label; the current slice outlined; corrected slices dotted."""
+    """One thin cell per slice, coloured by label; the current slice outlined; corrected slices dotted; slices
+    suggested for labelling marked with a blue bar underneath."""
 
     slice_clicked = Signal(int)
 
@@ -20,6 +22,7 @@ class SliceStrip(QWidget):
         self.setObjectName("sliceStrip")
         self._labels: list[str | None] = []
         self._corrected: set[int] = set()
+        self._suggested: set[int] = set()
         self._current = -1
         self.setMinimumHeight(26)
         self.setMouseTracking(True)
@@ -39,6 +42,13 @@ class SliceStrip(QWidget):
         self._current = index
         self.update()
 
+    def set_suggested(self, indices) -> None:
+        self._suggested = set(indices)
+        self.update()
+
+    def suggested(self) -> set[int]:
+        return set(self._suggested)
+
     def labels(self) -> list[str | None]:
         return list(self._labels)
 
@@ -55,7 +65,8 @@ class SliceStrip(QWidget):
         i = self._index_at(ev.position().x())
         if i >= 0:
             lab = self._labels[i] or "unlabelled"
-            self.setToolTip(f"Slice {i + 1}: {lab}{' (corrected)' if i in self._corrected else ''}")
+            self.setToolTip(f"Slice {i + 1}: {lab}{' (corrected)' if i in self._corrected else ''}"
+                            f"{' (suggested: label it next)' if i in self._suggested else ''}")
             if ev.buttons() & Qt.MouseButton.LeftButton:
                 self.slice_clicked.emit(i)
 
@@ -76,6 +87,10 @@ class SliceStrip(QWidget):
         for i in self._corrected:
             if 0 <= i < n:
                 p.drawEllipse(QRectF(i * cell + cell / 2 - 2, 0, 4, 4))
+        p.setBrush(SUGGESTED_COLOR)
+        for i in self._suggested:
+            if 0 <= i < n:
+                p.drawRect(QRectF(i * cell, h - 4, max(cell - gap, 1.0), 4))
         if 0 <= self._current < n:
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.setPen(QPen(QColor(255, 255, 255), 2))

@@ -5,7 +5,7 @@ import argparse
 import os
 
 from .. import __version__
-from . import prediction_commands, study_commands, training_commands
+from . import prediction_commands, project_commands, study_commands, training_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (study_commands, training_commands, prediction_commands):
+    for group in (study_commands, project_commands, training_commands, prediction_commands):
         group.add_commands(sub)
     return p

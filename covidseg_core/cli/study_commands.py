@@ -49,12 +49,17 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     from ..project.api import Project
-    from ..results.export import export_project
+    from ..results.export import export_project, export_studies
 
     project = Project.open(args.project, read_only=True)
     try:
-        result = run_job(export_project(project, args.out, source_id=args.source, which=args.masks,
-                                       overwrite=args.overwrite, fmt=args.format), args.quiet)
+        if args.out.name.lower().endswith((".nii", ".nii.gz", ".dcm")):       # a file: one study
+            job = export_project(project, args.out, source_id=args.source, which=args.masks,
+                                 overwrite=args.overwrite, fmt=args.format)
+        else:       # a folder: one mask (or SEG) per study, or the one chosen
+            job = export_studies(project, args.out, which=args.masks, overwrite=args.overwrite, fmt=args.format,
+                                 source_ids=[args.source] if args.source else None)
+        result = run_job(job, args.quiet)
     finally:
         project.close()
     print_json(result)
@@ -127,10 +132,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="a project's masks as NIfTI in the source geometry, or as a DICOM SEG over "
                        "the source series (+ volumes as CSV/JSON)")
     e.add_argument("--project", required=True, type=Path)
-    e.add_argument("--out", required=True, type=Path, help="FILE.nii.gz (nifti) or FILE.dcm (dicom-seg)")
+    e.add_argument("--out", required=True, type=Path,
+                   help="FILE.nii.gz (nifti) or FILE.dcm (dicom-seg) for one study, or a folder: one "
+                   "<study>_infection.nii.gz (or .dcm) per study")
     e.add_argument("--format", choices=("nifti", "dicom-seg"), default="nifti",
                    help="nifti (default): a 0/1 mask volume; dicom-seg: a binary DICOM Segmentation referencing "
-                   "each source image (needs a study opened from DICOM)")
+                   "each source image (needs a study opened from DICOM; into a folder, the other studies are "
+                   "skipped with a note)")
     e.add_argument("--source", default=None, help="source id, when the project holds several studies")
     e.add_argument("--masks", choices=("corrected", "predicted"), default="corrected",
                    help="corrected: predictions with the user's corrections applied (default)")

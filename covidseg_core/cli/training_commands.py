@@ -36,9 +36,15 @@ BUDGET_HELP = ("train for about MINUTES in all: the speed of both stages is meas
                "other. A budget too small for one epoch trains one, with a warning")
 
 
-def _add_stage1_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=Path,
-                   help="image folder (images/ + labels.csv), DICOM folder or NIfTI file with a labels CSV")
+def _add_stage1_options(p: argparse.ArgumentParser, project: bool = False) -> None:
+    data_help = "image folder (images/ + labels.csv), DICOM folder or NIfTI file with a labels CSV"
+    if project:
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--data", type=Path, help=data_help)
+        where.add_argument("--project", type=Path, help="a project folder: train on the labels and corrections "
+                           "of every study in it (covidseg project add), predict each, record the run there")
+    else:
+        p.add_argument("--data", required=True, type=Path, help=data_help)
     p.add_argument("--labels", type=Path, default=None, help="labels CSV when it does not lie with the data")
     p.add_argument("--out", required=True, type=Path, help="run folder (created; re-run the same command to resume)")
     p.add_argument("--fusion", choices=FUSION_MODES, default=None,
@@ -75,8 +81,24 @@ def cmd_train(args) -> int:
     from ..pipeline import train_job
 
     cfg = _train_config(args, seg=True)
+    if args.project is not None:
+        return _train_project(args, cfg)
     metrics = run_job(train_job(args.data, args.out, cfg, device=args.device, labels_csv=args.labels),
                       quiet=args.quiet)
+    print_json({"run": str(args.out), **(metrics or {})})
+    return 0
+
+
+def _train_project(args, cfg) -> int:
+    from ..errors import InputError
+    from ..project.api import Project
+    from ..project_training import project_train_job
+
+    if args.labels is not None or args.pixel_labels is not None:
+        raise InputError("--labels and --pixel-labels do not go with --project: the project holds the labels and "
+                         "corrections.", "Add labels with: covidseg project add PROJECT STUDY --labels CSV.")
+    with Project.open(args.project) as project:
+        metrics = run_job(project_train_job(project, args.out, cfg, device=args.device), quiet=args.quiet)
     print_json({"run": str(args.out), **(metrics or {})})
     return 0
 
@@ -103,7 +125,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="labels -> classifier -> fused CAMs -> pseudo masks -> segmenter "
                        "(resumable: re-run the same command on the same --out)")
-    _add_stage1_options(t)
+    _add_stage1_options(t, project=True)
     t.add_argument("--seg-epochs", type=positive_int, default=None,
                    help="segmenter epochs (wins over --budget for stage 2; default: the budget's choice, or 40)")
     budget = t.add_mutually_exclusive_group()

@@ -33,6 +33,17 @@ def save_prediction(run_dir: str | Path, source_id: str, mask: np.ndarray, study
                             RunFolder(run_dir).prediction_path(source_id))
 
 
+def latest_prediction_of_run(run_dir: str | Path, source_id: str, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The mask a run saved for a source (uint8 0/1), or None when it has none of that shape."""
+    import SimpleITK as sitk
+
+    path = RunFolder(run_dir).prediction_path(source_id)
+    if not path.is_file():
+        return None
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return (arr > 0).astype(np.uint8) if arr.shape == tuple(shape) else None
+
+
 def latest_prediction(project, source_id: str, shape: tuple[int, int, int]) -> tuple[np.ndarray | None, str | None]:
     """The newest run's predicted mask of a source (and the run's path), or (None, None)."""
     import SimpleITK as sitk
@@ -192,3 +203,105 @@ def _run_settings(project, run: str | None) -> dict:
             return {k: v for k, v in settings.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)
                     and k in RUN_SETTING_KEYS}
     return {}
+
+
+FOLDER_SUFFIX = {"nifti": "_infection.nii.gz", "dicom-seg": "_infection.dcm"}
+
+
+def export_names(project, source_ids: list[str], fmt: str = "nifti") -> dict[str, str]:
+    """source id -> the export's file name, from the study: `<name>_infection.nii.gz` (`.dcm` for a SEG);
+    studies with the same name (two ct.nii.gz in different folders) get their id added, so no export replaces
+    another."""
+    from ..project.studies import study_name
+
+    names = {sid: study_name(project, sid) for sid in source_ids}
+    stems = list(names.values())
+    safe = {}
+    for sid, name in names.items():
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or sid
+        if stems.count(name) > 1:
+            stem = f"{stem}_{sid}"
+        safe[sid] = f"{stem}{FOLDER_SUFFIX[fmt]}"
+    return safe
+
+
+def export_studies(project, out_dir: str | Path, which: str = "corrected", source_ids: list[str] | None = None,
+                   cancel: CancelToken | None = None, overwrite: bool = False, fmt: str = "nifti"):
+    """Job: one mask (+ quantification) per study of the project into the folder `out_dir`, named from the
+    study (export_names). With `fmt` "dicom-seg", one SEG per study opened from DICOM; the other studies are
+    skipped with a note (a SEG references the DICOM images it was drawn on). A study with nothing to export
+    yet (no prediction, no correction) or missing is skipped and named in the result; none exported is an
+    error. Done({"folder", "format", "studies": [...], "skipped"})."""
+    out_dir = Path(out_dir)
+    if fmt not in FORMATS:
+        raise InputError(f"Unknown export format {fmt!r}.", f"Use one of {', '.join(FORMATS)}.")
+    if out_dir.name.lower().endswith((".nii", ".nii.gz", ".dcm")):
+        raise InputError(f"{out_dir} is a file name; exporting every study needs a folder.",
+                         "Give a folder, or choose one study with --source.")
+    ids = source_ids or [s["id"] for s in project.sources]
+    if not ids:
+        raise ProjectError("The project has no study to export.", "Add a study first.")
+    skipped = []
+    if fmt == "dicom-seg":            # a SEG references the DICOM images it was drawn on: other studies skipped
+        dicom = []
+        for sid in ids:
+            kind = project.source(sid).get("kind")
+            if kind == "dicom":
+                dicom.append(sid)
+                continue
+            what = {"nifti": "a NIfTI volume", "images": "a folder of slice images"}.get(kind, "not a DICOM series")
+            reason = f"not from DICOM ({what}); a DICOM SEG needs a study opened from DICOM files"
+            skipped.append({"source": sid, "reason": reason})
+            yield Message(f"{sid} skipped: {reason}. Export it with --format nifti.", "warning")
+        if not dicom:
+            raise InputError("DICOM SEG export needs a study opened from DICOM files; no study to export is one.",
+                             "Export them as NIfTI (--format nifti).")
+        ids = dicom
+    names = export_names(project, ids, fmt)
+    targets = [t for sid in ids for t in export_files(out_dir / names[sid])]
+    protected = [p for s in project.sources for p in study_protected(project.source_path(s["id"]),
+                                                                     f"the study {s['id']}")]
+    for target in targets:
+        refuse_protected(target, protected, "Choose an output folder outside the studies' files and folders.")
+    refuse_existing(targets, overwrite, "Choose another folder, or pass --overwrite to replace them.")
+    exported = []
+    for k, sid in enumerate(ids):
+        if cancel:
+            cancel.raise_if_cancelled()
+        yield Progress("export", k, len(ids), f"exporting {names[sid]}")
+        if not project.source_path(sid).exists():
+            skipped.append({"source": sid, "reason": f"the study is missing ({project.source_path(sid)})"})
+            continue
+        try:
+            result = yield from _quiet(export_project(project, out_dir / names[sid], source_id=sid, which=which,
+                                                      cancel=cancel, overwrite=overwrite, fmt=fmt))
+        except ProjectError as exc:       # nothing to export for this study yet
+            skipped.append({"source": sid, "reason": exc.message})
+            continue
+        except InputError as exc:         # a series that cannot carry a SEG (e.g. UIDs blanked): the others go on
+            if fmt != "dicom-seg":
+                raise
+            skipped.append({"source": sid, "reason": exc.message})
+            yield Message(f"{sid} skipped: {exc.message}", "warning")
+            continue
+        exported.append(result)
+    if not exported:
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped)
+        raise ProjectError(f"No study was exported ({reasons}).",
+                           "Train (or correct some slices) before exporting, or export as NIfTI (--format nifti)."
+                           if fmt == "dicom-seg" else "Train (or correct some slices) before exporting.")
+    yield Progress("export", len(ids), len(ids), "done")
+    yield Done({"folder": str(out_dir), "format": fmt, "studies": exported, "skipped": skipped})
+
+
+def _quiet(job):
+    """Relay a one-study export's messages but not its own progress (the folder export counts studies)."""
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, Done):
+            return event.result
+        if isinstance(event, Message):
+            yield event

@@ -2,10 +2,11 @@
 
 What it writes (paths owned by runs.RunFolder): RUN/config.json only when RUN is new (a `covidseg train` run
 already has one); RUN/stage1_config.json; RUN/epochs.jsonl, one line per classifier epoch (when this job made
-RUN, or when asked to: `train` does); RUN/classifier.pt after the last epoch; RUN/cams/ (infected slices), RUN/lungs/ and
-RUN/pseudo/ per labelled slice (pseudo: 0 background, 255 infection, 127 ignore; clean slices all background);
-RUN/metrics.json with status "complete", counts, classifier accuracy/AUC and (when ground truth exists)
-pseudo-mask agreement, or status "failed"/"cancelled" with the reason.
+RUN, or when asked to: `train` and `pseudo` do; a re-run replaces the lines of an interrupted attempt);
+RUN/classifier.pt after the last epoch; RUN/cams/ (infected slices), RUN/lungs/ and RUN/pseudo/ per labelled
+slice (pseudo: 0 background, 255 infection, 127 ignore; clean slices all background); RUN/metrics.json with status
+"complete", counts, classifier accuracy/AUC and (when ground truth exists) pseudo-mask agreement, or status
+"failed"/"cancelled" with the reason.
 
 `size`: slices are processed with their longer side resized to `size` (aspect kept; None = native size, as
 in stage 2); CAMs, lung fields and pseudo masks are computed at that size and written at the slice's own size.
@@ -67,7 +68,8 @@ def run_stage1(slices, out_dir: Path, config: Stage1Config, cancel: CancelToken 
                log_epochs: bool | None = None):
     """Generator job: yields Message / Progress / EpochReport and ends with Done(result=metrics dict).
 
-    `log_epochs`: write the classifier's epochs to RUN/epochs.jsonl (default: when this job creates RUN).
+    `log_epochs`: write the classifier's epochs to RUN/epochs.jsonl (default: when this job creates RUN), in place
+    of those an earlier, interrupted attempt wrote.
     Raises LabelError (too few labels), InputError (unusable images or options), TrainingError (NaN loss) and
     Cancelled; in those cases RUN/metrics.json says status "failed" or "cancelled" and why.
     """
@@ -78,9 +80,13 @@ def run_stage1(slices, out_dir: Path, config: Stage1Config, cancel: CancelToken 
     device = resolve_device(config.device)
     started = time.monotonic()
     owns = _start_run(run, config, slices, device)
+    log_epochs = owns if log_epochs is None else log_epochs
+    if log_epochs:
+        # stage 1 keeps no checkpoint mid-way: a re-run starts it over, so the epochs an interrupted attempt
+        # logged are dropped (as seg/training.py drops the segmenter's past the checkpoint it resumes from)
+        run.drop_epochs_after("classifier", 0)
     try:
-        result = yield from _run(slices, run, config, cancel, device, owns if log_epochs is None else log_epochs,
-                                 started)
+        result = yield from _run(slices, run, config, cancel, device, log_epochs, started)
     except Cancelled as exc:
         run.write_json(METRICS_NAME, {"status": "cancelled", "reason": str(exc)}, check_intact=False)
         raise
