@@ -27,7 +27,8 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   seg/                 stage 2: targets (supervision, validation split), losses, training (the segmenter loop),
                        prior (the label-free starting weights shipped in resources/)
   results/             metrics (Dice..., ROC AUC), evaluate, quantify (volumes, lung fields), export (NIfTI or
-                       DICOM SEG), seg_import (a SEG back as a mask of the project's study)
+                       DICOM SEG), seg_import (a SEG back as a mask of the project's study), training_report
+                       (a run against the data set's ground truth, reporting only)
   budget.py            the time-budget planner: device defaults, the split between the stages, ETA (no torch)
   train_config.py      TrainConfig and the --fast preset (plain data, no torch)
   throughput.py        measures both stages' training speed on their own first steps, for the planner

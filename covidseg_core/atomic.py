@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _process_umask() -> int:
+    old = os.umask(0o022)     # reading the umask means setting it; done once, at import
+    os.umask(old)
+    return old
+
+
+# mkstemp makes 0600 files; an exported mask or a shipped resource must be readable as any new file would be
+_NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -33,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

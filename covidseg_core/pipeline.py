@@ -30,9 +30,7 @@ from .data import load_slice_set
 from .errors import InputError
 from .events import CancelToken, Done, Message, Progress, relay
 from .infer.device import resolve_device
-from .infer.model import load_run_model
-from .infer.predict import predict_masks
-from .results.metrics import summarize
+from .results.training_report import ground_truth_report
 from .runs import METRICS_NAME, PLAN_NAME, STAGE1_DONE_NAME, RunFolder
 from .seg.prior import matching_prior
 from .seg.targets import build_targets, split_validation
@@ -229,27 +227,6 @@ def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", 
     yield Done(metrics)
 
 
-def _gt_report(model_run: RunFolder, slices, targets, has_target, source, val_idx, device, cancel):
-    """Reporting only: the segmenter's and the pseudo masks' agreement with the data set's ground truth."""
-    have = np.flatnonzero(slices.has_gt) if slices.has_gt is not None else np.zeros(0, int)
-    if len(have) == 0:
-        return None
-    lm = load_run_model(model_run.path, device)
-    preds = yield from predict_masks(lm, slices.images[have], cancel=cancel)
-    gts = slices.gt_masks[have]
-    report = {"note": "ground truth (masks/) is used for this report only, never for training",
-              "segmenter_all": summarize(list(preds), list(gts))}
-    val_set = set(int(i) for i in val_idx)
-    in_val = [k for k, i in enumerate(have) if int(i) in val_set]
-    if in_val:
-        report["segmenter_validation"] = summarize([preds[k] for k in in_val], [gts[k] for k in in_val])
-    pseudo = [k for k, i in enumerate(have) if source[i] == "pseudo"]
-    if pseudo:
-        report["pseudo_masks"] = summarize([targets[have[k]] == 1 for k in pseudo], [gts[k] for k in pseudo])
-        report["segmenter_on_pseudo_slices"] = summarize([preds[k] for k in pseudo], [gts[k] for k in pseudo])
-    return report
-
-
 def _segmenter_start(cfg: TrainConfig):
     """Generator: the weights the segmenter starts from (None: random), with a note saying which and why."""
     if cfg.init == "none":
@@ -359,7 +336,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     init_state = yield from _segmenter_start(resolved)
     seg_summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state),
                                    budget.with_eta)
-    report = yield from relay(_gt_report(run, slices, targets, has_target, source, val_idx, dev, cancel),
+    report = yield from relay(ground_truth_report(run, slices, targets, has_target, source, val_idx, dev, cancel),
                               budget.with_eta)
     metrics = {"complete": True, "device": str(dev), "seconds": round(clock() - started, 2),
                "stage1": stage1_metrics, "segmenter": {**seg_summary, "n_pixel_labelled": n_pixel,

@@ -76,7 +76,12 @@ def test_train_error_paths(demo, tmp_path, capsys):
     not_a_run = tmp_path / "busy"
     not_a_run.mkdir()
     (not_a_run / "notes.txt").write_text("mine")
-    rc, _, err = run_cli(capsys, "train", "--data", demo, "--out", not_a_run, "--fast")
+    # labels stage 1 accepts (the small demo has one infected slice), so the folder check is what refuses
+    names = sorted(p.name for p in (demo / "images").iterdir())
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\n" + "".join(f"{n},{'infected' if i < 2 else 'clean'}\n"
+                                               for i, n in enumerate(names)))
+    rc, _, err = run_cli(capsys, "train", "--data", demo, "--labels", labels, "--out", not_a_run, "--fast")
     assert_one_line_error(rc, err, "not a run folder")
 
     rc, _, err = run_cli(capsys, "train", "--data", demo, "--out", tmp_path / "r2", "--fast",
