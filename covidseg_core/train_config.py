@@ -28,7 +28,8 @@ class TrainConfig:
     crop: int | None = None           # train on random crops of this side (cheaper steps); None = whole slices
     steps_per_epoch: int | None = None  # cap on batches per segmenter epoch (large data sets); None = one pass
     pixel_labels: str | None = None   # folder of user masks (PNG 0/255 named as the images)
-    synthetic: str = "auto"           # auto | off | only: synthetic lesions on clean slices in stage 2 (synth/)
+    synthetic: str = "only"           # only | auto | off: synthetic lesions on clean slices in stage 2 (synth/);
+    #                                   "only" measured best on unseen zenodo-dev volumes (docs/results.md)
     lung_method: str = "model"        # model | threshold: how lung fields are found (imaging/lung_model.py)
     init: str = "prior"               # prior: start the segmenter from the label-free prior when it fits the
     #                                   run's network and size (seg/prior.py); none: random weights; or a path

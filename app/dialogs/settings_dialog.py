@@ -10,20 +10,21 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
                                QVBoxLayout, QWidget)
 
 from covidseg_core.budget import DEFAULT_CPU_BUDGET_MIN   # plain data: no torch on the GUI thread
+from covidseg_core.train_config import TrainConfig         # plain data too
 
 
 def defaults() -> dict:
     """What the app trains with when the project has no setting yet: average fusion as in the paper, the rest
     decided by the core for the device (None = automatic)."""
-    return {"fusion": "avg", "synthetic": "auto", "device": "auto", "seed": 0, "budget_minutes": None,
+    return {"fusion": "avg", "synthetic": TrainConfig.synthetic, "device": "auto", "seed": 0, "budget_minutes": None,
             "cls_epochs": None, "seg_epochs": None, "size": None}
 
 
 FUSION_TEXT = {"avg": "average (the paper's choice)", "max": "maximum (OAA)", "none": "none (plain CAM of the last "
                                                                                          "epoch)"}
-SYNTHETIC_TEXT = {"auto": "synthetic lesions on clean slices + attention maps (recommended)",
-                  "off": "attention maps only (the paper's method)",
-                  "only": "synthetic lesions only (label-free)"}
+SYNTHETIC_TEXT = {"only": "synthetic lesions on clean slices (recommended: best on unseen patients)",
+                  "auto": "synthetic lesions + the attention maps' pseudo masks",
+                  "off": "attention maps' pseudo masks only (the paper's method)"}
 DEVICE_TEXT = {"auto": "automatic (GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 LENGTH_TEXT = {"auto": f"automatic (GPU: full schedule; CPU: about {DEFAULT_CPU_BUDGET_MIN:g} min)",
                "budget": "a time budget", "fixed": "the fixed schedule (30 + 40 epochs)"}

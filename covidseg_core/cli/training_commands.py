@@ -133,9 +133,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--no-budget", dest="budget", action="store_const", const=0.0,
                         help="the fixed schedule on any device (same as --budget 0)")
     t.add_argument("--synthetic", choices=SYNTHETIC_MODES, default=None,
-                   help="synthetic lesions drawn on the clean slices, with exact masks: auto (default) mixes them with "
-                   "the CAM pseudo masks of the infected slices; only trains on them and the clean slices (label-"
-                   "free); off is the paper's method. Without a clean slice: off, with a note")
+                   help="synthetic lesions drawn on the clean slices, with exact masks: only (default, best on unseen "
+                   "patients) trains on them and the clean slices; auto also uses the CAM pseudo masks of the "
+                   "infected slices; off is the paper's method (pseudo masks only). Without a clean slice: off, with "
+                   "a note")
     t.add_argument("--init", default=None, metavar="prior|none|FILE",
                    help="where the segmenter starts: prior (default) = the label-free prior shipped with covidseg "
                    "(trained on synthetic lesions only) when it fits the run's network and size, else random "
