@@ -10,9 +10,12 @@ Arrays: 0 background, 1 infection, 255 ignore. PNG on disk: 0 background, 255 in
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..constants import BACKGROUND, FOREGROUND, IGNORE, PNG_FOREGROUND, PNG_IGNORE
 from ..imaging.lungs import lung_saliency
@@ -77,3 +80,62 @@ def from_png_values(png: np.ndarray) -> np.ndarray:
     out[png >= 192] = FOREGROUND
     out[(png >= 64) & (png < 192)] = IGNORE
     return out
+
+
+# --- refinement: foreground that follows the lesion's edges ------------------------------------------------------
+
+def clean_density_level(saliencies, lungs, quantile: float) -> float | None:
+    """The study's healthy-lung density level: the `quantile` of the saliency (lungs.lung_saliency) over the
+    lung pixels of its `clean` slices, so that at most 1 - quantile of a clean slice's lung lies above it.
+    None when the study has no clean slice with lung."""
+    vals = [np.asarray(s)[np.asarray(m, bool)] for s, m in zip(saliencies, lungs)]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return None
+    return float(np.quantile(np.concatenate(vals), quantile))
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """The mask without its 8-connected components smaller than `min_area` pixels."""
+    mask = np.asarray(mask, dtype=bool)
+    if min_area <= 1 or not mask.any():
+        return mask
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[lab]
+
+
+def random_walker_foreground(image01: np.ndarray, cam: np.ndarray, lung: np.ndarray, sal: np.ndarray,
+                             fg_cam: float, fg_sal: float, bg_cam: float, bg_sal: float,
+                             beta: float = 130.0) -> np.ndarray:
+    """Foreground that follows intensity edges: a random walker (scikit-image) on the image inside the lung field,
+    seeded with confident foreground (CAM >= fg_cam and saliency >= fg_sal) and confident background (CAM < bg_cam
+    or saliency < bg_sal). Outside the lung takes no part. Empty when there is no foreground seed."""
+    from skimage.segmentation import random_walker
+
+    lung = np.asarray(lung, dtype=bool)
+    fg = lung & (cam >= fg_cam) & (sal >= fg_sal)
+    if not fg.any():
+        return np.zeros(lung.shape, dtype=bool)
+    bg = lung & ~fg & ((cam < bg_cam) | (sal < bg_sal))
+    labels = np.zeros(lung.shape, dtype=np.int32)
+    labels[~lung] = -1                  # inactive: outside the lung is background by definition
+    labels[bg] = 2
+    labels[fg] = 1
+    # lung pieces without any seed are cut off from the walk: background
+    pieces, n = ndi.label(lung)
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[np.unique(pieces[labels > 0])] = True
+    labels[lung & ~seeded[pieces]] = -1
+    if not (labels == 2).any():       # nothing to walk against: the seeds are the answer
+        return fg
+    ys, xs = np.nonzero(labels >= 0)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    with warnings.catch_warnings():   # "probability range outside [0, 1]" at the solver's tolerance: harmless
+        warnings.simplefilter("ignore", UserWarning)
+        crop = random_walker(np.asarray(image01, np.float64)[y0:y1, x0:x1], labels[y0:y1, x0:x1], beta=beta,
+                             mode="cg_j", tol=1e-3)
+    out = np.zeros(lung.shape, dtype=bool)
+    out[y0:y1, x0:x1] = crop == 1
+    return out & lung
