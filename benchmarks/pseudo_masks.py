@@ -34,6 +34,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from covidseg_core.constants import FOREGROUND, FUSION_MODES, LUNG_METHODS  # noqa: E402
 from covidseg_core.events import EpochReport, drive  # noqa: E402
@@ -44,15 +45,15 @@ from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
 from covidseg_core.weak.classifier_training import compute_cams, train_classifier  # noqa: E402
 from covidseg_core.weak.config import Stage1Config  # noqa: E402
 from covidseg_core.weak.job import classifier_mask  # noqa: E402
-from covidseg_core.weak.pseudo_masks import (make_pseudo_mask, random_walker_foreground,  # noqa: E402
-                                             relative_cam, remove_small_components)
+from covidseg_core.weak.pseudo_masks import make_pseudo_mask, relative_cam, remove_small_components  # noqa: E402
+from _refine import random_walker_foreground  # noqa: E402
 
 log = logging.getLogger("bench_pseudo")
 
 T_FG_GRID = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SAL_FG_GRID = (-99.0, 0.0, 0.5, 1.0, 1.5, 2.0)
 DENSITY_Q_GRID = (0.5, 0.7, 0.8, 0.9, 0.95)      # per-study level: this quantile of the clean slices' lung saliency
-MIN_AREA_GRID = (1, 20, 60)                      # connected components smaller than this (pixels) are dropped
+MIN_AREA_GRID = (0.0, 0.0006, 0.0018)            # foreground pieces below this share of the slice are dropped
 # random walker seeds: (fg CAM >=, fg saliency >=, bg CAM <, bg below clean-slice quantile q / None: saliency < 0)
 RW_GRID = tuple(itertools.product((0.4, 0.6), (0.5, 1.0), (0.1, 0.2), (None, 0.7)))
 
@@ -187,18 +188,20 @@ def cam_rows(st: Study, maps, lungs_name: str, modes, label: str, seed, rows, ca
         rows.append((label.format(mode=mode), seed, *st.split_scores(m), f"t_fg={t_fg}, sal_fg={s_fg}"))
 
 
-def product_row(st: Study, slices, maps, seed, rows):
-    """The product's own pseudo masks (weak/pseudo_masks.make_pseudo_mask with Stage1Config defaults) from the
-    product's fusion mode and lung field: fixed thresholds, nothing tuned here."""
-    cfg = Stage1Config()
+def product_row(st: Study, slices, maps, seed, rows, cfg: Stage1Config | None = None, name: str = ""):
+    """The product's own pseudo masks (weak/pseudo_masks.make_pseudo_mask with Stage1Config defaults, or `cfg`) from
+    the product's fusion mode and lung field: fixed thresholds, nothing tuned here."""
+    cfg = cfg or Stage1Config()
     pos = {int(s): k for k, s in enumerate(maps["track"])}
     cams = upsample_maps(maps[f"fused_{cfg.fusion}"][[pos[int(i)] for i in st.idx]], st.gts.shape[1:])
     L, sal = st.L[cfg.lung_method], st.sal[cfg.lung_method]
-    m = np.stack([make_pseudo_mask(slices.images[i], c, lg, cfg, saliency=s) == FOREGROUND
-                  for i, c, lg, s in zip(st.idx, cams, L, sal)])
-    rows.append((f"**product stage 1** (make_pseudo_mask, Stage1Config defaults: {cfg.lung_method} lung field, "
-                 f"fusion {cfg.fusion})", seed, *st.split_scores(m),
-                 f"t_fg={cfg.t_fg}, sal_fg={cfg.sal_fg} (fixed)"))
+    levels = st.level(cfg.lung_method, cfg.clean_quantile) if cfg.clean_quantile is not None else [None] * len(L)
+    m = np.stack([make_pseudo_mask(slices.images[i], c, lg, cfg, saliency=s, clean_level=lv) == FOREGROUND
+                  for i, c, lg, s, lv in zip(st.idx, cams, L, sal, levels)])
+    rows.append((name or f"**product stage 1** (make_pseudo_mask, Stage1Config defaults: {cfg.lung_method} lung "
+                 f"field, fusion {cfg.fusion})", seed, *st.split_scores(m),
+                 f"t_fg={cfg.t_fg}, sal_fg={cfg.sal_fg}, clean_quantile={cfg.clean_quantile}, "
+                 f"min_component_frac={cfg.min_component_frac} (fixed)"))
 
 
 def refinement_rows(st: Study, cams, seed, rows, sel_every: int):
@@ -208,15 +211,17 @@ def refinement_rows(st: Study, cams, seed, rows, sel_every: int):
     L, sal = st.L["model"], st.sal["model"]
     levels = {q: st.level("model", q) for q in DENSITY_Q_GRID}
 
-    def density(p, k):
-        t, q, area = p
+    def density(p, k):      # what make_pseudo_mask does with clean_quantile and min_component_frac set
+        t, q, frac = p
         fg = L[k] & (cams[k] >= t) & (sal[k] >= levels[q][k][:, None, None])
-        return np.stack([remove_small_components(f, area) for f in fg])
+        return np.stack([remove_small_components(f, round(frac * f.size)) for f in fg])
 
-    p = tune(density, itertools.product(T_FG_GRID[1:], DENSITY_Q_GRID, MIN_AREA_GRID), st.tr, st.gts[st.tr])
-    rows.append(("learned lung field + avg + per-study density level + component clean-up", seed,
+    p = tune(density, itertools.product(T_FG_GRID, DENSITY_Q_GRID, MIN_AREA_GRID), st.tr, st.gts[st.tr])
+    rows.append(("learned lung field + avg + per-study density level + component clean-up (CAM threshold "
+                 "re-tuned too)", seed,
                  *st.split_scores(density(p, np.arange(len(st.idx)))),
-                 f"t_fg={p[0]}, level=clean-slice saliency P{100 * p[1]:g}, min area {p[2]} px"))
+                 f"t_fg={p[0]}, clean_quantile={p[1]}, min_component_frac={p[2]}"))
+    p_area = round(p[2] * L[0].size)
 
     def walker(p, k):
         fg_cam, fg_sal, bg_cam, q = p
@@ -225,7 +230,6 @@ def refinement_rows(st: Study, cams, seed, rows, sel_every: int):
             st.slices.images[st.idx[j]], cams[j], L[j], sal[j], fg_cam, fg_sal, bg_cam, lv[j]), p_area)
             for j in k])
 
-    p_area = p[2]
     sel = st.tr[::sel_every]
     t0 = time.monotonic()
     p = tune(walker, RW_GRID, sel, st.gts[sel])
@@ -310,6 +314,8 @@ def main(argv=None):
                          "fusion {mode} + saliency", seed, rows)
                 continue
             product_row(st, slices, maps, seed, rows)
+            product_row(st, slices, maps, seed, rows, Stage1Config(clean_quantile=None, min_component_frac=0.0),
+                        "product stage 1 without the refinement (clean_quantile=None, min_component_frac=0)")
             cams = {}
             cam_rows(st, maps, "model", FUSION_MODES, "learned lung field + fusion {mode} + saliency", seed, rows,
                      cams)
