@@ -223,6 +223,12 @@ def refinement_rows(st: Study, cams, seed, rows, sel_every: int):
                  f"t_fg={p[0]}, clean_quantile={p[1]}, min_component_frac={p[2]}"))
     p_area = round(p[2] * L[0].size)
 
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        log.warning("scikit-image is not installed: no random walker row")
+        return
+
     def walker(p, k):
         fg_cam, fg_sal, bg_cam, q = p
         lv = levels[q] if q is not None else np.zeros(len(st.idx), np.float32)
