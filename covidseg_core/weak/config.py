@@ -40,6 +40,10 @@ def check_inputs(slices, config: Stage1Config) -> None:
     check_fusion(config.fusion)
     if config.lung_method not in LUNG_METHODS:
         raise InputError(f"Unknown lung-field method '{config.lung_method}'.", f"Use {' or '.join(LUNG_METHODS)}.")
+    if config.clean_quantile is not None and not 0.0 < float(config.clean_quantile) < 1.0:
+        raise InputError(f"clean_quantile {config.clean_quantile} must lie between 0 and 1 (or be None: off).")
+    if not 0.0 <= float(config.min_component_frac) < 1.0:
+        raise InputError(f"min_component_frac {config.min_component_frac} must lie in [0, 1).")
     if config.cls_epochs < 1:
         raise InputError("--cls-epochs must be at least 1.")
     if config.size is not None and int(config.size) < 32:

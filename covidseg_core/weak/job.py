@@ -33,7 +33,7 @@ from ..runs import METRICS_NAME, STAGE1_CONFIG_NAME, RunFolder, slice_png_name
 from .cam import check_fusion
 from .classifier_training import train_classifier
 from .config import Stage1Config, check_inputs
-from .pseudo_masks import clean_pseudo_mask, make_pseudo_mask, to_png_values
+from .pseudo_masks import clean_density_level, clean_pseudo_mask, make_pseudo_mask, to_png_values
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
     native = tuple(slices.images.shape[1:])
     work_shape = tuple(work.shape[1:])
     infected_idx = slices.indices("infected")
+    levels = study_clean_levels(slices, work, lungs_work, config)
     masks = {}
     n_fg = n_ignore = 0
     todo = list(infected_idx) + list(slices.indices("clean"))
@@ -177,7 +178,8 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
             k = int(np.searchsorted(infected_idx, i))
             cam = upsample_maps(fused[k], work_shape)
             lung = lungs_work[i]
-            mask = make_pseudo_mask(work[i], cam, lung, config, saliency=lung_saliency(work[i], lung))
+            mask = make_pseudo_mask(work[i], cam, lung, config, saliency=lung_saliency(work[i], lung),
+                                    clean_level=levels.get(slices.groups[i], levels.get(None)))
             run.write_png(run.cams_dir / name, np.round(to_shape(cam, native, nearest=False) * 255).astype(np.uint8))
         else:
             mask = clean_pseudo_mask(work_shape)
@@ -190,6 +192,24 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
         run.write_png(run.pseudo_dir / name, to_png_values(mask))
     yield Progress("pseudo", len(todo), len(todo))
     return {"pseudo_masks": len(todo), "foreground_pixels": n_fg, "ignore_pixels": n_ignore, "masks": masks}
+
+
+def study_clean_levels(slices, work: np.ndarray, lungs_work: np.ndarray, config: Stage1Config) -> dict:
+    """Per study (slice group): the healthy-lung density level from its `clean` slices
+    (pseudo_masks.clean_density_level at config.clean_quantile); key None: the level of all clean slices together,
+    for a study that has none of its own. Empty when the option is off."""
+    if config.clean_quantile is None:
+        return {}
+    sal, lungs, groups = [], [], []
+    for i in slices.indices("clean"):
+        sal.append(lung_saliency(work[i], lungs_work[i]))
+        lungs.append(lungs_work[i])
+        groups.append(slices.groups[i])
+    levels = {g: clean_density_level([s for s, h in zip(sal, groups) if h == g],
+                                     [m for m, h in zip(lungs, groups) if h == g], config.clean_quantile)
+              for g in set(groups)}
+    levels[None] = clean_density_level(sal, lungs, config.clean_quantile)
+    return {g: v for g, v in levels.items() if v is not None}
 
 
 def pseudo_report(slices, pseudo: dict[int, np.ndarray]) -> dict | None:
