@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QPainter, QPen
-from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QSizePolicy, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QToolButton, QVBoxLayout, QWidget
+
+from .action_button import action_button
 
 LABEL_COLORS = {"infected": QColor(226, 74, 51), "clean": QColor(70, 170, 90), None: QColor(85, 90, 100)}
 CORRECTED_COLOR = QColor(255, 209, 102)
@@ -108,12 +110,7 @@ class LabelPanel(QGroupBox):
         order = ["infected", "clean", "unlabel", "next_unlabelled", "undo", "redo"]
         self.buttons: dict[str, QToolButton] = {}
         for k, key in enumerate(order):
-            b = QToolButton()
-            b.setDefaultAction(actions[key])
-            b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-            b.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            b.setObjectName(f"label_{key}")
-            self.buttons[key] = b
+            b = self.buttons[key] = action_button(actions[key], f"label_{key}")
             grid.addWidget(b, k // 2, k % 2)
         self.current_label = QLabel("")
         self.current_label.setObjectName("currentLabel")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QColor
-from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QListWidget, QListWidgetItem, QSizePolicy, QToolButton,
+from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QListWidget, QListWidgetItem, QToolButton,
                                QVBoxLayout, QWidget)
+
+from .action_button import action_button
 
 MISSING_COLOR = QColor(200, 120, 60)
 
@@ -36,12 +38,7 @@ class StudyPanel(QGroupBox):
         buttons = QHBoxLayout()
         self.buttons: dict[str, QToolButton] = {}
         for key in ("add_study", "remove_study", "suggest"):
-            b = QToolButton()
-            b.setDefaultAction(actions[key])
-            b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-            b.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-            b.setObjectName(f"study_{key}")
-            self.buttons[key] = b
+            b = self.buttons[key] = action_button(actions[key], f"study_{key}")
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
