@@ -47,7 +47,8 @@ def test_too_few_labels_is_a_user_error(qtbot, window, small_demo_dir, tmp_path)
     assert "label" in text.lower()
     assert "Traceback" not in text and "Details were written" not in text    # a user error, not a bug
     assert boxes[-1].windowTitle() == "CovidSeg Assist"
-    assert s.project.runs[-1]["summary"]["status"] == "failed"
+    # refused before anything started (labels are checked first): no run, failed or half-made, is recorded
+    assert not s.project.runs
 
 
 def test_dicom_folder_with_two_series_uses_the_chooser(qtbot, window, tmp_path):
