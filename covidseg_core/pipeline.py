@@ -250,6 +250,27 @@ def _gt_report(model_run: RunFolder, slices, targets, has_target, source, val_id
     return report
 
 
+ONNX_PARITY_SLICES = 4
+
+
+def _export_onnx(run: RunFolder, slices, cancel: CancelToken):
+    """Generator: the trained segmenter exported for ONNX Runtime (infer/onnx_engine.py), its parity with PyTorch
+    checked on a few of the run's own slices spread along the data. Returns the record (status ok, failed or
+    skipped); a failed export is a note, not a failed run: predict then uses PyTorch."""
+    from .infer.onnx_engine import export_onnx
+
+    cancel.raise_if_cancelled()
+    yield Progress("predict", 0, 1, "exporting the network for ONNX Runtime")
+    pick = np.unique(np.linspace(0, len(slices) - 1, min(ONNX_PARITY_SLICES, len(slices))).round().astype(int))
+    info = export_onnx(run.path, slices.images[pick])
+    if info["status"] == "ok":
+        yield Message(f"exported the segmenter for ONNX Runtime ({run.onnx_path.name}; masks differ from "
+                      f"PyTorch's in {info['parity']['mask_pixels_differing']:.4%} of the pixels)")
+    else:
+        yield Message(f"no ONNX export ({info.get('reason')}): predict uses PyTorch", "warning")
+    return info
+
+
 def _segmenter_start(cfg: TrainConfig):
     """Generator: the weights the segmenter starts from (None: random), with a note saying which and why."""
     if cfg.init == "none":
@@ -359,6 +380,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     init_state = yield from _segmenter_start(resolved)
     seg_summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state),
                                    budget.with_eta)
+    onnx_info = yield from _export_onnx(run, slices, cancel)
     report = yield from relay(_gt_report(run, slices, targets, has_target, source, val_idx, dev, cancel),
                               budget.with_eta)
     metrics = {"complete": True, "device": str(dev), "seconds": round(clock() - started, 2),
@@ -367,7 +389,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
                                                                            enumerate(source) if src == "pseudo")),
                                                        "synthetic": supply.report},
                "plan": budget.summary(stage1_s, budget.elapsed() - stage2_start),
-               "ground_truth_report": report}
+               "onnx": onnx_info, "ground_truth_report": report}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)
 

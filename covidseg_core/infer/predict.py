@@ -46,7 +46,11 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
     bs = batch_size or default_batch_size(lm.device, work)
     out = np.empty((n, h, w), dtype=np.float32)
     started = time.monotonic()
-    channels_last = lm.device.type == "cpu"
+    onnx = lm.onnx if lm.onnx is not None and tuple(work) == lm.onnx.input_hw else None
+    if lm.onnx is not None and onnx is None:
+        log.info("slices of %s are worked at %s, the ONNX export at %s: PyTorch predicts them", (h, w), work,
+                 lm.onnx.input_hw)
+    channels_last = lm.device.type == "cpu" and onnx is None
     with torch.inference_mode():
         for start in range(0, n, bs):
             if cancel is not None:
@@ -55,8 +59,11 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
             x = resize_stack(x.to(lm.device), work)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with inference_autocast(lm.device, lm.precision):
-                logits = lm.model(x)
+            if onnx is not None:
+                logits = onnx(x)
+            else:
+                with inference_autocast(lm.device, lm.precision):
+                    logits = lm.model(x)
             prob = torch.sigmoid(logits.float())
             prob = resize_stack(prob, (h, w))
             out[start:start + len(x)] = prob[:, 0].cpu().numpy()
@@ -189,7 +196,9 @@ def predict_job(run: str | Path, input_path: str | Path, out: str | Path, device
     kind = detect_kind(input_path)
     check_outputs(input_path, kind, out, overwrite)
     lm = load_run_model(run, device, precision)
-    yield Message(f"model of run {lm.run} (epoch {lm.epoch}) on {lm.device}")
+    if lm.note:
+        yield Message(lm.note, "warning")
+    yield Message(f"model of run {lm.run} (epoch {lm.epoch}) on {lm.device} ({lm.engine})")
     started = time.monotonic()
     if kind == "images":
         summary = yield from _predict_image_folder(lm, input_path, out, batch_size, cancel)
@@ -197,7 +206,8 @@ def predict_job(run: str | Path, input_path: str | Path, out: str | Path, device
         summary = yield from _predict_volume(lm, input_path, out, batch_size, cancel, series_uid)
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["device"] = str(lm.device)
-    summary["precision"] = precision
+    summary["precision"] = precision if lm.onnx is None else "fp32"
+    summary["engine"] = lm.engine
     log.info("prediction written to %s in %.1f s", summary["out"], summary["seconds"])
     yield Done(summary)
 
