@@ -74,7 +74,7 @@ def test_epochs_fill_the_attention_strip_and_overlays_appear(qtbot, demo_window,
     w.actions_by_name["train"].trigger()
     assert calls and calls[0]["fusion"] in ("avg", "max", "none")
     wait_idle(qtbot, w)
-    qtbot.waitUntil(lambda: w.session.prediction is not None, timeout=60000)
+    qtbot.waitUntil(lambda: w.session.prediction is not None, timeout=180000)
     # the strip was filled in epoch by epoch (the window's slot runs before this one's lambda)
     assert counts == [0, 2, 3, 4, 5]              # cleared at the start; then epochs so far + the fused map
     assert w.gallery.thumb_count == 5
@@ -126,7 +126,7 @@ def test_training_runs_on_the_job_thread_and_the_window_handles_events_meanwhile
     w.view.set_slice(w.session.study.n_slices // 2)
     w.actions_by_name["train"].trigger()
     wait_idle(qtbot, w, timeout=180000)
-    qtbot.waitUntil(lambda: w.session.prediction is not None, timeout=30000)
+    qtbot.waitUntil(lambda: w.session.prediction is not None, timeout=180000)
     assert len(threads) == 12 and ping.gui_thread not in threads
     assert ping.answered == [True] * (12 + 3)
     assert ping.answers == [(ping.gui_thread, True)] * (12 + 3)

@@ -46,7 +46,7 @@ def test_real_training_fills_strip_and_overlays(qtbot, small_window):
             wait_idle(qtbot, w, timeout=600000)
         finally:
             handle.remove()
-    qtbot.waitUntil(lambda: s.quantification is not None, timeout=60000)
+    qtbot.waitUntil(lambda: s.quantification is not None, timeout=180000)
     # the work ran on the job thread, with torch on one core fewer than the machine has; the GUI thread handled
     # the event the job posted from inside a forward pass, while the job was busy
     assert forwards.threads and ping.gui_thread not in forwards.threads
