@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from ..atomic import atomic_write
 from ..errors import InputError
@@ -32,6 +33,7 @@ from .postprocess import finish_masks
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
+LUNG_MARGIN_SLICES = 2          # slices on either side of the lung field's slices that are predicted too
 
 
 def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
@@ -74,17 +76,42 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
     return out
 
 
+def slices_to_predict(lungs: np.ndarray, margin: int = LUNG_MARGIN_SLICES) -> np.ndarray:
+    """bool per slice: its lung field is not empty, or one of the `margin` slices on either side has one."""
+    has_lung = np.asarray(lungs).reshape(len(lungs), -1).any(axis=1)
+    if margin <= 0 or not has_lung.any():
+        return has_lung
+    return ndi.binary_dilation(has_lung, iterations=margin)
+
+
 def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                   cancel: CancelToken | None = None, threshold: float = THRESHOLD,
-                  progress_of: tuple[int, int] | None = None):
+                  progress_of: tuple[int, int] | None = None, skip_without_lung: bool = True):
     """Generator like predict_probabilities, returning uint8 0/1 masks: inside the lung field the run was
-    trained with (imaging/lung_model.py), without specks (postprocess.py)."""
-    prob = yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=progress_of)
+    trained with (imaging/lung_model.py), without specks (postprocess.py).
+
+    The lung fields come first: the network then sees only the slices with lung (and LUNG_MARGIN_SLICES on either
+    side); the others' masks are empty, as the lung field would make them anyway, so the masks are the same as
+    when every slice is predicted (`skip_without_lung=False`)."""
+    n = len(images01)
+    before, total = progress_of or (0, n)
     lungs = None
+    keep = np.ones(n, bool)
     if lm.lung_method:
         lungs, warning = compute_lung_fields(images01, lm.lung_method, device=lm.device)
         if warning:
             yield Message(warning, "warning")
+        if skip_without_lung:
+            keep = slices_to_predict(lungs)
+    prob = np.zeros(images01.shape, np.float32)
+    if keep.all():
+        prob = yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=(before, total))
+    elif keep.any():
+        log.info("predicting %d of %d slices (the others hold no lung)", int(keep.sum()), n)
+        prob[keep] = yield from predict_probabilities(lm, images01[keep], batch_size, cancel,
+                                                      progress_of=(before + n - int(keep.sum()), total))
+    else:
+        yield Progress("predict", before + n, total, "slices")
     return finish_masks(prob >= threshold, lungs)
 
 
