@@ -48,7 +48,8 @@ def stall_table(gaps_s: list[float], tick_ms: int = TICK_MS) -> str:
     rows = [("ticks", f"{len(g)}"), ("median gap ms", f"{np.median(g):.1f}"),
             ("99th percentile ms", f"{np.percentile(g, 99):.1f}"), ("worst ms", f"{g.max():.1f}"),
             ("gaps > 50 ms", f"{int((g > 50).sum())}"), ("gaps > 100 ms", f"{int((g > 100).sum())}")]
-    return "\n".join([f"| GUI thread, {tick_ms} ms timer | value |", "|---|---:|"] + [f"| {a} | {b} |" for a, b in rows])
+    head = [f"| GUI thread, {tick_ms} ms timer | value |", "|---|---:|"]
+    return "\n".join(head + [f"| {a} | {b} |" for a, b in rows])
 
 
 def main(argv=None) -> int:

@@ -113,7 +113,8 @@ def export_onnx(run_dir: str | Path, sample01: np.ndarray) -> dict:
     except Exception as exc:  # noqa: BLE001 - an exporter or runtime that cannot do this network: PyTorch predicts
         log.warning("ONNX export of %s failed", run.path, exc_info=True)
         run.onnx_path.unlink(missing_ok=True)
-        info = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+        info = {"status": "failed", "reason": f"{type(exc).__name__}: {first_line}"}
         run.write_json(run.onnx_info_path.name, info)
         return info
     ok = check["mask_pixels_differing"] <= PARITY_MAX_FLIP

@@ -1,6 +1,7 @@
 """The window's reaction to a training job: epoch maps reach the attention strip, loss curves grow, overlays
-appear when it is done, Cancel works, and the work runs on the job thread while the GUI thread handles events. The job here is a test double of the
-core's train job (tasks.train_job is replaced); test_training_real.py runs the real one."""
+appear when it is done, Cancel works, and the work runs on the job thread while the GUI thread handles
+events. The job here is a test double of the core's train job (tasks.train_job is replaced);
+test_training_real.py runs the real one."""
 import threading
 import time
 
