@@ -30,6 +30,7 @@ PROGRESS_MIN_INTERVAL_S = 0.05
 # each time the GUI thread wants it back it may wait a whole switch interval (5 ms by default): a redraw made of
 # a few dozen Qt calls then stalls for 100+ ms. A shorter interval hands the GIL back sooner.
 GIL_SWITCH_INTERVAL_S = 0.0005
+_clock = time.monotonic          # what the progress throttle reads (a test steps it by hand)
 
 
 class JobBusy(CovidSegError):
@@ -96,10 +97,16 @@ class _Worker(QObject):
         self._cancel = cancel
         self._name = f"job:{name}"
 
+    def _stop_if_cancelled(self, job) -> None:
+        if self._cancel.cancelled:
+            job.throw(Cancelled())
+            job.close()
+            raise Cancelled()
+
     @Slot()
     def run(self) -> None:
         result = None
-        last_progress = 0.0
+        last_progress = float("-inf")
         threading.current_thread().name = self._name      # names the job's thread in the log
         try:
             lower_this_thread_priority()
@@ -109,18 +116,17 @@ class _Worker(QObject):
                 if isinstance(ev, Done):
                     result = ev.result
                     continue
+                # stop at the next event even if the job does not check the token itself (a progress event the
+                # throttle drops too): raised inside the job at its yield, so the job's own handlers (recording a
+                # cancelled run) still run
+                self._stop_if_cancelled(job)
                 if isinstance(ev, Progress):
-                    now = time.monotonic()
+                    now = _clock()
                     if now - last_progress < PROGRESS_MIN_INTERVAL_S and ev.done < ev.total:
                         continue
                     last_progress = now
                 self.event.emit(ev)
-                if self._cancel.cancelled:
-                    # stop at the next event even if the job does not check the token itself: raised inside the
-                    # job at its yield, so the job's own handlers (recording a cancelled run) still run
-                    job.throw(Cancelled())
-                    job.close()
-                    raise Cancelled()
+                self._stop_if_cancelled(job)
             self.succeeded.emit(result)
         except Cancelled as exc:
             self.failed.emit(exc)

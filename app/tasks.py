@@ -335,6 +335,8 @@ def _predict_steps(run_dir: Path, project, source_id: str, study: Study, device:
     if mask is None:
         yield Progress("predict", 0, study.n_slices, "loading the network")
         lm = load_run_model(run_dir, device)
+        if lm.note:              # the run's ONNX export is not used: why
+            yield Message(lm.note, "warning")
         mask = yield from predict_masks(lm, study.unit_range(), cancel=cancel)
         save_prediction(run_dir, source_id, mask, study)
     run = RunFolder(run_dir)

@@ -30,6 +30,7 @@ from .data import load_slice_set
 from .errors import InputError
 from .events import CancelToken, Done, Message, Progress, relay
 from .infer.device import resolve_device
+from .infer.onnx_engine import run_onnx_export
 from .results.training_report import ground_truth_report
 from .runs import METRICS_NAME, PLAN_NAME, STAGE1_DONE_NAME, RunFolder
 from .seg.prior import matching_prior
@@ -336,6 +337,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     init_state = yield from _segmenter_start(resolved)
     seg_summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state),
                                    budget.with_eta)
+    onnx_info = yield from run_onnx_export(run, slices.images, cancel)
     report = yield from relay(ground_truth_report(run, slices, targets, has_target, source, val_idx, dev, cancel),
                               budget.with_eta)
     metrics = {"complete": True, "device": str(dev), "seconds": round(clock() - started, 2),
@@ -344,7 +346,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
                                                                            enumerate(source) if src == "pseudo")),
                                                        "synthetic": supply.report},
                "plan": budget.summary(stage1_s, budget.elapsed() - stage2_start),
-               "ground_truth_report": report}
+               "onnx": onnx_info, "ground_truth_report": report}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)
 

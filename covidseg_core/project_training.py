@@ -95,6 +95,8 @@ def predict_project(project, run_dir: str | Path, parts, device: str = "auto", c
     from .results.quantify import quantify
 
     lm = load_run_model(run_dir, device)
+    if lm.note:                  # the run's ONNX export is not used: why
+        yield Message(lm.note, "warning")
     total = sum(p.study.n_slices for p in parts)
     done = 0
     report = {}

@@ -14,6 +14,8 @@ RUN/cams/<slice>.png     fused CAM of each infected slice, 0-255
 RUN/lungs/<slice>.png    lung field used as background cue, 0/255
 RUN/pseudo/<slice>.png   pseudo mask: 0 background, 255 infection, 127 ignore
 RUN/checkpoints/         last.pt (resume point) and best.pt (lowest validation loss; what `predict` uses)
+RUN/segmenter.onnx       best.pt exported for ONNX Runtime at the end of training (infer/onnx_engine.py), and
+RUN/segmenter.onnx.json  its input size, the checksum of the best.pt it came from and the parity check vs PyTorch
 RUN/predictions/<source id>.nii.gz   a project study predicted with this run (the app, results/export.py)
 RUN/metrics.json         the final report (or status "failed"/"cancelled" and why)
 ```
@@ -53,6 +55,8 @@ CLASSIFIER_NAME = "classifier.pt"
 STAGE1_CONFIG_NAME = "stage1_config.json"
 STAGE1_DONE_NAME = "stage1.json"
 PLAN_NAME = "plan.json"
+ONNX_NAME = "segmenter.onnx"
+ONNX_INFO_NAME = "segmenter.onnx.json"
 PSEUDO_DIR, CAMS_DIR, LUNGS_DIR, PREDICTIONS_DIR = "pseudo", "cams", "lungs", "predictions"
 
 
@@ -136,6 +140,14 @@ class RunFolder:
     @property
     def epochs_path(self) -> Path:
         return self.path / EPOCHS_NAME
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / ONNX_NAME
+
+    @property
+    def onnx_info_path(self) -> Path:
+        return self.path / ONNX_INFO_NAME
 
     def prediction_path(self, source_id: str) -> Path:
         return self.path / PREDICTIONS_DIR / f"{source_id}.nii.gz"

@@ -127,6 +127,10 @@ def test_run_folder_records_config_epochs_checkpoints_metrics(fast_run):
     assert (fast_run / "checkpoints" / "best.pt").is_file() and (fast_run / "checkpoints" / "last.pt").is_file()
     assert not [p for p in fast_run.rglob(".tmp-*")]
     assert len(list((fast_run / "pseudo").glob("*.png"))) == 32
+    # the segmenter exported for ONNX Runtime, its masks checked against PyTorch's (issue 14)
+    onnx = json.loads((fast_run / "segmenter.onnx.json").read_text())
+    assert onnx["status"] == "ok" and metrics["onnx"]["status"] == "ok" and (fast_run / "segmenter.onnx").is_file()
+    assert onnx["parity"]["mask_pixels_differing"] <= 0.001 and onnx["input_hw"] == [128, 128]
 
 
 def test_rerunning_a_finished_run_does_not_train_again(fast_run, demo):
@@ -143,6 +147,7 @@ def test_rerunning_a_finished_run_does_not_train_again(fast_run, demo):
 def test_predict_volume_writes_nifti_in_source_geometry(fast_run, demo, tmp_path):
     src = demo / "volume" / "ct.nii.gz"
     summary = drive(predict_job(fast_run, src, tmp_path))
+    assert summary["engine"] == "onnxruntime"
     out = tmp_path / "ct_mask.nii.gz"
     assert summary["out"] == str(out) and out.is_file()
     a, b = sitk.ReadImage(str(src)), sitk.ReadImage(str(out))
@@ -155,6 +160,19 @@ def test_predict_volume_writes_nifti_in_source_geometry(fast_run, demo, tmp_path
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(demo / "volume" / "infection.nii.gz"))) > 0
     scores = summarize(list(mask), list(truth))
     assert finds_the_lesions(scores) and scores["dice_pooled"] > 0.04, scores
+
+
+def test_onnx_runtime_and_pytorch_masks_agree_on_the_demo_volume(fast_run, demo):
+    """The trained run's masks on every slice of the volume, through both engines: within 0.1 % of the pixels."""
+    from covidseg_core.infer.model import load_run_model
+    from covidseg_core.infer.predict import predict_masks
+    from covidseg_core.io.loader import open_study
+
+    images = open_study(demo / "volume" / "ct.nii.gz").unit_range()
+    onnx_lm, torch_lm = load_run_model(fast_run, "cpu"), load_run_model(fast_run, "cpu", "fp32", engine="torch")
+    assert onnx_lm.engine == "onnxruntime" and torch_lm.engine == "pytorch"
+    got, ref = drive(predict_masks(onnx_lm, images)), drive(predict_masks(torch_lm, images))
+    assert ref.any() and (got != ref).mean() <= 0.001
 
 
 # --- awkward inputs ----------------------------------------------------------------------------------------

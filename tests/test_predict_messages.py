@@ -20,7 +20,7 @@ def test_each_warning_is_printed_once(tmp_path):
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run([sys.executable, "-m", "covidseg_core.cli", "predict", "--run", str(run), "--input",
                           str(tmp_path / "series"), "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=900)
     err = res.stderr
     assert res.returncode == 0, err
     assert err.count("gap(s) in the slice positions") == 1, err

@@ -57,7 +57,7 @@ def test_gui_with_a_broken_pyside6_says_how_to_install_the_gui_extras(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(root)]),
            "QT_QPA_PLATFORM": "offscreen"}
     res = subprocess.run([sys.executable, "-m", "covidseg_core.cli", "gui"], capture_output=True, text=True,
-                         env=env, cwd=root, timeout=120)
+                         env=env, cwd=root, timeout=900)
     assert res.returncode == 2, res.stderr
     assert "PySide6 is not installed" in res.stderr and "pip install 'covidseg-assist[gui]'" in res.stderr
     assert "Traceback" not in res.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,10 +22,24 @@ class LoadedModel:
     epoch: int
     precision: str = "auto"
     lung_method: str | None = None    # predictions are kept inside this lung field (None: runs made before it)
+    onnx: Any = None                  # onnx_engine.OnnxSegmenter when ONNX Runtime predicts (CPU, fp32)
+    note: str | None = None           # why not, when the run has an ONNX file that is not used
+
+    @property
+    def engine(self) -> str:
+        return "onnxruntime" if self.onnx is not None else "pytorch"
 
 
-def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", precision: str = "auto") -> LoadedModel:
-    """The best segmenter of a run, ready to predict. RunError for a missing, unfinished or incompatible run."""
+ENGINES = ("auto", "torch", "onnx")
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", precision: str = "auto",
+                   engine: str = "auto") -> LoadedModel:
+    """The best segmenter of a run, ready to predict. RunError for a missing, unfinished or incompatible run.
+
+    engine auto: on the CPU, ONNX Runtime when the run has a usable ONNX export (onnx_engine.py) and bf16 was not
+    asked for, else PyTorch (with `note` saying why, when the run has an ONNX file); torch: PyTorch always; onnx:
+    like auto. CUDA always runs PyTorch."""
     run = RunFolder(run_dir)
     config = run.read_config()
     state = run.load_checkpoint(BEST)
@@ -46,9 +61,16 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "auto", pre
     model.to(dev).eval()
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model=model, size=run.working_size(config), device=dev, run=run.path,
-                       epoch=int(state.get("epoch", 0)), precision=precision,
-                       lung_method=config["options"].get("lung_method"))
+    lm = LoadedModel(model=model, size=run.working_size(config), device=dev, run=run.path,
+                     epoch=int(state.get("epoch", 0)), precision=precision,
+                     lung_method=config["options"].get("lung_method"))
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}")
+    if engine != "torch" and dev.type == "cpu" and precision != "bf16":
+        from .onnx_engine import open_onnx
+
+        lm.onnx, lm.note = open_onnx(run.path, torch.get_num_threads())
+    return lm
 
 
 def default_batch_size(device: torch.device, shape: tuple[int, int]) -> int:

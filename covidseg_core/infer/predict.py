@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from ..atomic import atomic_write
 from ..errors import InputError
@@ -32,6 +33,7 @@ from .postprocess import finish_masks
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
+LUNG_MARGIN_SLICES = 2          # slices on either side of the lung field's slices that are predicted too
 
 
 def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
@@ -46,7 +48,11 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
     bs = batch_size or default_batch_size(lm.device, work)
     out = np.empty((n, h, w), dtype=np.float32)
     started = time.monotonic()
-    channels_last = lm.device.type == "cpu"
+    onnx = lm.onnx if lm.onnx is not None and tuple(work) == lm.onnx.input_hw else None
+    if lm.onnx is not None and onnx is None:
+        log.info("slices of %s are worked at %s, the ONNX export at %s: PyTorch predicts them", (h, w), work,
+                 lm.onnx.input_hw)
+    channels_last = lm.device.type == "cpu" and onnx is None
     with torch.inference_mode():
         for start in range(0, n, bs):
             if cancel is not None:
@@ -55,8 +61,11 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
             x = resize_stack(x.to(lm.device), work)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with inference_autocast(lm.device, lm.precision):
-                logits = lm.model(x)
+            if onnx is not None:
+                logits = onnx(x)
+            else:
+                with inference_autocast(lm.device, lm.precision):
+                    logits = lm.model(x)
             prob = torch.sigmoid(logits.float())
             prob = resize_stack(prob, (h, w))
             out[start:start + len(x)] = prob[:, 0].cpu().numpy()
@@ -67,17 +76,42 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
     return out
 
 
+def slices_to_predict(lungs: np.ndarray, margin: int = LUNG_MARGIN_SLICES) -> np.ndarray:
+    """bool per slice: its lung field is not empty, or one of the `margin` slices on either side has one."""
+    has_lung = np.asarray(lungs).reshape(len(lungs), -1).any(axis=1)
+    if margin <= 0 or not has_lung.any():
+        return has_lung
+    return ndi.binary_dilation(has_lung, iterations=margin)
+
+
 def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                   cancel: CancelToken | None = None, threshold: float = THRESHOLD,
-                  progress_of: tuple[int, int] | None = None):
+                  progress_of: tuple[int, int] | None = None, skip_without_lung: bool = True):
     """Generator like predict_probabilities, returning uint8 0/1 masks: inside the lung field the run was
-    trained with (imaging/lung_model.py), without specks (postprocess.py)."""
-    prob = yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=progress_of)
+    trained with (imaging/lung_model.py), without specks (postprocess.py).
+
+    The lung fields come first: the network then sees only the slices with lung (and LUNG_MARGIN_SLICES on either
+    side); the others' masks are empty, as the lung field would make them anyway, so the masks are the same as
+    when every slice is predicted (`skip_without_lung=False`)."""
+    n = len(images01)
+    before, total = progress_of or (0, n)
     lungs = None
+    keep = np.ones(n, bool)
     if lm.lung_method:
         lungs, warning = compute_lung_fields(images01, lm.lung_method, device=lm.device)
         if warning:
             yield Message(warning, "warning")
+        if skip_without_lung:
+            keep = slices_to_predict(lungs)
+    prob = np.zeros(images01.shape, np.float32)
+    if keep.all():
+        prob = yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=(before, total))
+    elif keep.any():
+        log.info("predicting %d of %d slices (the others hold no lung)", int(keep.sum()), n)
+        prob[keep] = yield from predict_probabilities(lm, images01[keep], batch_size, cancel,
+                                                      progress_of=(before + n - int(keep.sum()), total))
+    else:
+        yield Progress("predict", before + n, total, "slices")
     return finish_masks(prob >= threshold, lungs)
 
 
@@ -189,7 +223,9 @@ def predict_job(run: str | Path, input_path: str | Path, out: str | Path, device
     kind = detect_kind(input_path)
     check_outputs(input_path, kind, out, overwrite)
     lm = load_run_model(run, device, precision)
-    yield Message(f"model of run {lm.run} (epoch {lm.epoch}) on {lm.device}")
+    if lm.note:
+        yield Message(lm.note, "warning")
+    yield Message(f"model of run {lm.run} (epoch {lm.epoch}) on {lm.device} ({lm.engine})")
     started = time.monotonic()
     if kind == "images":
         summary = yield from _predict_image_folder(lm, input_path, out, batch_size, cancel)
@@ -197,7 +233,8 @@ def predict_job(run: str | Path, input_path: str | Path, out: str | Path, device
         summary = yield from _predict_volume(lm, input_path, out, batch_size, cancel, series_uid)
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["device"] = str(lm.device)
-    summary["precision"] = precision
+    summary["precision"] = precision if lm.onnx is None else "fp32"
+    summary["engine"] = lm.engine
     log.info("prediction written to %s in %.1f s", summary["out"], summary["seconds"])
     yield Done(summary)
 

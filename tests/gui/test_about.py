@@ -8,7 +8,7 @@ from gui_helpers import wait_idle
 def test_about_shows_app_torch_cuda_and_device(window, qtbot, monkeypatch):
     import torch
 
-    qtbot.waitUntil(lambda: getattr(window, "_environment", None) is not None, timeout=60000)
+    qtbot.waitUntil(lambda: getattr(window, "_environment", None) is not None, timeout=180000)
     wait_idle(qtbot, window)
     shown = {}
     monkeypatch.setattr(QMessageBox, "about", lambda parent, title, text: shown.update(title=title, text=text))

@@ -52,7 +52,7 @@ def test_brush_correction_saved_and_reloaded(qtbot, window, small_demo_dir, tmp_
     folder = s.project.folder
     s.close_project()
     w.open_path(folder)
-    qtbot.waitUntil(lambda: w.session.has_study and not w.jobs.busy, timeout=30000)
+    qtbot.waitUntil(lambda: w.session.has_study and not w.jobs.busy, timeout=180000)
     assert np.array_equal(w.session.correction(3), expected)
     assert w.label_panel.strip._corrected == {3}
 

@@ -40,7 +40,7 @@ def test_too_few_labels_is_a_user_error(qtbot, window, small_demo_dir, tmp_path)
     s.project.set_labels(s.source_id, {sid: None for sid in s.study.slice_ids})
     s.project.update_settings(cls_epochs=1, seg_epochs=1, size=32, base=8, device="cpu")
     w.actions_by_name["train"].trigger()
-    wait_idle(qtbot, w, timeout=60000)
+    wait_idle(qtbot, w, timeout=180000)
     boxes = error_boxes(w)
     assert boxes, "no error dialog"
     text = boxes[-1].text()

@@ -7,7 +7,7 @@ from gui_helpers import open_study, wait_idle
 
 def test_open_demo_from_help_menu(qtbot, window):
     window.actions_by_name["demo"].trigger()
-    qtbot.waitUntil(lambda: window.session.has_study and not window.jobs.busy, timeout=60000)
+    qtbot.waitUntil(lambda: window.session.has_study and not window.jobs.busy, timeout=180000)
     s = window.session
     assert s.study.shape == (32, 128, 128)
     assert s.study.is_hu
@@ -21,7 +21,7 @@ def test_open_demo_from_help_menu(qtbot, window):
     # opening the demo a second time reuses the same files and project
     folder = s.project.folder
     window.actions_by_name["demo"].trigger()
-    qtbot.waitUntil(lambda: window.session.has_study and not window.jobs.busy, timeout=60000)
+    qtbot.waitUntil(lambda: window.session.has_study and not window.jobs.busy, timeout=180000)
     assert window.session.project.folder == folder
 
 
@@ -118,5 +118,5 @@ def test_bad_path_shows_one_error_dialog(qtbot, window, tmp_path):
 def test_welcome_page_links_open_the_demo(qtbot, window):
     assert window.view._stack.currentWidget() is window.view._welcome
     window.view._welcome.linkActivated.emit("demo")
-    qtbot.waitUntil(lambda: window.session.has_study and not window.jobs.busy, timeout=60000)
+    qtbot.waitUntil(lambda: window.session.has_study and not window.jobs.busy, timeout=180000)
     assert window.view._stack.currentWidget() is window.view._glw

@@ -75,7 +75,7 @@ def test_two_studies_switch_remove_undo_train_and_suggest(qtbot, window, small_d
     wait_idle(qtbot, w)
     assert s.source_id == first and len(rows(w)) == 1
     w.undo()
-    qtbot.waitUntil(lambda: len(rows(w)) == 2, timeout=5000)
+    qtbot.waitUntil(lambda: len(rows(w)) == 2, timeout=180000)
     assert s.project.label(second, "0") == "infected"
 
     # train across both studies
@@ -83,7 +83,7 @@ def test_two_studies_switch_remove_undo_train_and_suggest(qtbot, window, small_d
     w.actions_by_name["train"].trigger()
     assert w.jobs.busy
     wait_idle(qtbot, w, timeout=300000)
-    qtbot.waitUntil(lambda: s.prediction is not None, timeout=10000)
+    qtbot.waitUntil(lambda: s.prediction is not None, timeout=180000)
     summary = s.project.runs[-1]["summary"]
     assert summary["status"] == "done" and summary["sources"] == [first, second]
     assert all("done" in r for r in rows(w))

@@ -1,9 +1,13 @@
 """The real pipeline (covidseg_core.pipeline) run from the window with the smallest settings: per-epoch maps
 reach the attention strip, the prediction overlay appears, the run is recorded, Cancel leaves a cancelled run,
-and the event loop keeps ticking while it trains."""
+and every network forward of the training runs on the job thread, with one core left to the GUI, while the GUI
+thread handles events (no clock: benchmarks/gui_stall.py measures the stalls)."""
+import os
+import threading
+
 import pytest
 
-from gui_helpers import max_gap_while, open_study, wait_idle, wait_started_up
+from gui_helpers import ForwardThreads, GuiPing, open_study, wait_idle, wait_started_up
 
 pytest.importorskip("torch")
 
@@ -27,11 +31,27 @@ def test_real_training_fills_strip_and_overlays(qtbot, small_window):
     w.view.set_slice(2)
     w.view.paint(40, 40, radius=5, erase=False)
     w.view.finish_stroke()
-    w.actions_by_name["train"].trigger()
-    assert w.jobs.busy
-    qtbot.wait(300)
-    gap, ticks = max_gap_while(qtbot, lambda: w.jobs.busy, timeout_s=100)
-    qtbot.waitUntil(lambda: s.quantification is not None, timeout=10000)
+    # from inside the job's first network forward, the job waits until the GUI thread has handled an event it posted
+    ping = GuiPing(lambda: w.jobs.busy)
+    answered = []
+    with ForwardThreads() as forwards:
+        def ping_in_a_forward(module, args):
+            if not answered and threading.get_ident() != ping.gui_thread:
+                answered.append(ping.from_job())
+        from torch.nn.modules.module import register_module_forward_pre_hook
+        handle = register_module_forward_pre_hook(ping_in_a_forward)
+        try:
+            w.actions_by_name["train"].trigger()
+            assert w.jobs.busy
+            wait_idle(qtbot, w, timeout=600000)
+        finally:
+            handle.remove()
+    qtbot.waitUntil(lambda: s.quantification is not None, timeout=180000)
+    # the work ran on the job thread, with torch on one core fewer than the machine has; the GUI thread handled
+    # the event the job posted from inside a forward pass, while the job was busy
+    assert forwards.threads and ping.gui_thread not in forwards.threads
+    assert forwards.torch_threads == {max(1, (os.cpu_count() or 2) - 1)}
+    assert answered == [True] and ping.answers == [(ping.gui_thread, True)]
     assert [e[:2] for e in epochs_seen if e[0] == "classifier"] == [("classifier", 1), ("classifier", 2),
                                                                     ("classifier", 3)]
     assert [e[:2] for e in epochs_seen if e[0] == "segmenter"] == [("segmenter", 1), ("segmenter", 2)]
@@ -56,28 +76,25 @@ def test_real_training_fills_strip_and_overlays(qtbot, small_window):
     first = s.prediction.copy()
     assert w.actions_by_name["predict"].isEnabled()
     w.actions_by_name["predict"].trigger()
-    wait_idle(qtbot, w, timeout=60000)
+    wait_idle(qtbot, w, timeout=600000)
     qtbot.wait(100)
     assert (s.prediction == first).all()
     # reopening the project shows that run's prediction and loss curves again
     folder = s.project.folder
     s.close_project()
     w.open_path(folder)
-    qtbot.waitUntil(lambda: w.session.has_study and w.session.prediction is not None, timeout=30000)
+    qtbot.waitUntil(lambda: w.session.has_study and w.session.prediction is not None, timeout=180000)
     assert (w.session.prediction == first).all()
     assert {"classifier loss", "segmenter train", "segmenter val"} <= set(w.training_panel.curve_names())
-    # responsiveness, measured while the real job ran
-    assert ticks > 50
-    assert gap < 0.1, f"the GUI thread stalled {gap * 1000:.0f} ms"
 
 
 def test_cancel_real_training_records_a_cancelled_run(qtbot, small_window):
     w = small_window
     w.session.project.update_settings(cls_epochs=200)
     w.actions_by_name["train"].trigger()
-    qtbot.waitUntil(lambda: bool(w.training_panel.curve_names()), timeout=60000)
+    qtbot.waitUntil(lambda: bool(w.training_panel.curve_names()), timeout=600000)
     w.actions_by_name["cancel"].trigger()
-    wait_idle(qtbot, w, timeout=20000)
+    wait_idle(qtbot, w, timeout=180000)
     assert "cancelled" in w.training_panel.status.text()
     assert w.session.prediction is None
     assert w.session.project.runs[-1]["summary"]["status"] == "cancelled"
