@@ -53,7 +53,7 @@ def make_volume(path: Path, n: int, size: int) -> None:
 
 def make_run(path: Path, cfg: TrainConfig, sample01: np.ndarray) -> None:
     """A run with an untrained network, exported for ONNX Runtime as training does (onnx_engine.export_onnx)."""
-    from covidseg_core.infer.onnx_engine import export_onnx
+    from covidseg_core.infer.onnx_export import export_onnx
 
     run = RunFolder(path)
     if not run.checkpoint_path(BEST).is_file():

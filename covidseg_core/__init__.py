@@ -18,7 +18,8 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
                        (the learned lung field, its packaged weights, the fallback), augment (both stages' augmentation)
   models/              blocks, classifier (CAM), segmenter (LightUNet, build_from_spec), unet
   infer/               device (device, precision, grad scaler), model (load a run), predict (predict a study),
-                       postprocess (masks kept inside the lung field, specks dropped)
+                       postprocess (masks kept inside the lung field, specks dropped), onnx_engine (ONNX Runtime
+                       on the CPU), onnx_export (the export and parity check at the end of training)
   train_step.py        TrainStep: the optimisation step both stages share (augment, AMP, scaler, LR schedule)
   weak/                stage 1: config, classifier_training, cam (fusion), pseudo_masks, losses, job, scoring
                        (a run's classifier applied to any slices)

@@ -30,7 +30,7 @@ from .data import load_slice_set
 from .errors import InputError
 from .events import CancelToken, Done, Message, Progress, relay
 from .infer.device import resolve_device
-from .infer.onnx_engine import run_onnx_export
+from .infer.onnx_export import run_onnx_export
 from .results.training_report import ground_truth_report
 from .runs import METRICS_NAME, PLAN_NAME, STAGE1_DONE_NAME, RunFolder
 from .seg.prior import matching_prior

@@ -14,7 +14,7 @@ RUN/cams/<slice>.png     fused CAM of each infected slice, 0-255
 RUN/lungs/<slice>.png    lung field used as background cue, 0/255
 RUN/pseudo/<slice>.png   pseudo mask: 0 background, 255 infection, 127 ignore
 RUN/checkpoints/         last.pt (resume point) and best.pt (lowest validation loss; what `predict` uses)
-RUN/segmenter.onnx       best.pt exported for ONNX Runtime at the end of training (infer/onnx_engine.py), and
+RUN/segmenter.onnx       best.pt exported for ONNX Runtime at the end of training (infer/onnx_export.py), and
 RUN/segmenter.onnx.json  its input size, the checksum of the best.pt it came from and the parity check vs PyTorch
 RUN/predictions/<source id>.nii.gz   a project study predicted with this run (the app, results/export.py)
 RUN/metrics.json         the final report (or status "failed"/"cancelled" and why)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from covidseg_core.events import Message, drive
-from covidseg_core.infer import onnx_engine
+from covidseg_core.infer import onnx_engine, onnx_export
 from covidseg_core.infer.model import load_run_model
 from covidseg_core.infer.predict import predict_job, predict_probabilities
 from covidseg_core.models.segmenter import build_from_spec
@@ -50,7 +50,7 @@ def masks_of(lm, images01):
 
 
 def check_parity(run, images01):
-    info = onnx_engine.export_onnx(run, images01)
+    info = onnx_export.export_onnx(run, images01)
     assert info["status"] == "ok", info
     assert RunFolder(run).onnx_path.is_file()
     assert json.loads(RunFolder(run).onnx_info_path.read_text())["checkpoint_sha256"] == info["checkpoint_sha256"]
@@ -87,7 +87,7 @@ def test_parity_on_a_real_zenodo_slice(tmp_path, shared_data, one_torch_thread):
 def exported_run(tmp_path, one_torch_thread):
     images = demo_slices(n=2)
     run = make_run(tmp_path / "run", images)
-    assert onnx_engine.export_onnx(run, images)["status"] == "ok"
+    assert onnx_export.export_onnx(run, images)["status"] == "ok"
     return run, images
 
 
@@ -152,5 +152,5 @@ def test_export_without_onnxruntime_is_skipped_not_failed(tmp_path, monkeypatch,
     images = demo_slices(n=1)
     run = make_run(tmp_path / "run", images)
     monkeypatch.setattr(onnx_engine, "onnxruntime_available", lambda: False)
-    info = onnx_engine.export_onnx(run, images)
+    info = onnx_export.export_onnx(run, images)
     assert info["status"] == "skipped" and not RunFolder(run).onnx_path.exists()
