@@ -1,0 +1,57 @@
+"""The label-free segmenter prior (seg/prior.py): saved small (8 bits per output channel), read back close to
+the weights that were saved, used only by a run whose network and size fit, and a damaged file is a note."""
+from __future__ import annotations
+
+import torch
+
+from covidseg_core.models.segmenter import build_from_spec
+from covidseg_core.seg.prior import default_prior_path, matching_prior, read_prior, save_prior
+
+SPEC = {"name": "light", "in_ch": 1, "options": {"base": 8}}
+
+
+def test_saved_prior_reads_back_within_half_a_quantisation_step_and_is_small(tmp_path):
+    torch.manual_seed(0)
+    state = build_from_spec(SPEC).state_dict()
+    path = tmp_path / "prior.safetensors"
+    save_prior(path, state, SPEC, 128, {"steps": 1})
+    back, meta = read_prior(path)
+    assert meta["spec"] == SPEC and meta["size"] == 128 and set(back) == set(state)
+    for k, v in state.items():
+        if v.is_floating_point() and v.dim() >= 2:
+            flat = v.reshape(v.shape[0], -1)
+            step = (flat.max(1).values - flat.min(1).values) / 255
+            err = (back[k] - v).reshape(v.shape[0], -1).abs().max(1).values
+            assert (err <= step * 0.5 + 2e-3 * flat.abs().max(1).values + 1e-6).all(), k
+        elif v.is_floating_point():
+            assert torch.allclose(back[k], v, rtol=1e-3, atol=1e-3), k
+        else:
+            assert torch.equal(back[k], v), k
+    float_bytes = sum(v.numel() * 4 for v in state.values() if v.is_floating_point())
+    assert path.stat().st_size < 0.5 * float_bytes                 # float32 would be about float_bytes
+    build_from_spec(SPEC).load_state_dict(back)          # loads into the network as it is
+
+
+def test_prior_is_used_only_by_a_run_it_fits(tmp_path):
+    path = tmp_path / "prior.safetensors"
+    save_prior(path, build_from_spec(SPEC).state_dict(), SPEC, 128, {})
+    assert matching_prior(SPEC, 128, path)[0] is not None
+    assert matching_prior(SPEC, 140, path)[0] is not None                  # within 25 % of its size
+    state, note = matching_prior(SPEC, 256, path)
+    assert state is None and "size 128" in note
+    state, note = matching_prior({**SPEC, "options": {"base": 16}}, 128, path)
+    assert state is None and "another network" in note
+
+
+def test_a_damaged_or_missing_prior_is_a_random_start_with_a_note(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    state, note = matching_prior(SPEC, 128, bad)
+    assert state is None and "could not be read" in note
+    state, note = matching_prior(SPEC, 128, tmp_path / "missing.safetensors")
+    assert state is None and "no segmenter prior" in note
+
+
+def test_the_shipped_prior_fits_a_budgeted_cpu_run():
+    state, note = matching_prior({"name": "light", "in_ch": 1, "options": {"base": 16}}, 128, default_prior_path())
+    assert state is not None, note
