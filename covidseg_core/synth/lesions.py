@@ -15,8 +15,11 @@ step and no pixel outside the mask (or outside the lung field) ever changes. Eve
 `numpy.random.Generator` passed in: the same seed gives the same lesions.
 
 Defaults come from the ground-truth lesions of the zenodo-dev training volumes c01-c05 (lesion/lung area
-median 8 %, up to ~45 %; 1-5 lesions per half slice; median lesion level g = 0.37, 5-95 % 0.19-0.84); a
-study's own infected slices can narrow the level range (calibrate.py).
+per infected half slice: median 8 %, 90th percentile 39 %; 1-5 lesions per half slice; median lesion level
+g = 0.37, 5-95 % 0.19-0.84): the radius range gives a synthetic area median of 11 % and 90th percentile of 34 %.
+Real ground glass is uneven (partly aerated, reticular in places), so its raise is modulated by a texture of
+random grain and amplitude (`patchiness`). A study's own infected slices can narrow the level range
+(calibrate.py).
 """
 from __future__ import annotations
 
@@ -34,12 +37,13 @@ RETRIES = 8
 @dataclass(frozen=True)
 class LesionParams:
     n_lesions: tuple[int, int] = (1, 4)           # per slice, inclusive
-    radius: tuple[float, float] = (0.03, 0.35)    # of sqrt(lung area), drawn log-uniformly
+    radius: tuple[float, float] = (0.03, 0.45)    # of sqrt(lung area), drawn log-uniformly
     pleural_share: float = 0.7                    # lesions centred near the pleura
     ggo_level: tuple[float, float] = (0.15, 0.8)  # g: raise as a share of the lung-to-soft-tissue gap
     consolidation_share: float = 0.3
     roughness: tuple[float, float] = (0.25, 0.6)  # amplitude of the noise that roughens the outline
     ramp_px: float = 2.5                          # width of the soft edge inside the mask
+    patchiness: tuple[float, float] = (0.2, 0.7)  # amplitude of the texture that makes ground glass uneven
 
     def __post_init__(self) -> None:
         checks = [(1 <= self.n_lesions[0] <= self.n_lesions[1], "n_lesions"),
@@ -47,6 +51,7 @@ class LesionParams:
                   (0 <= self.pleural_share <= 1, "pleural_share"),
                   (0 < self.ggo_level[0] <= self.ggo_level[1] <= 1.5, "ggo_level"),
                   (0 <= self.consolidation_share <= 1, "consolidation_share"),
+                  (0 <= self.patchiness[0] <= self.patchiness[1] <= 1, "patchiness"),
                   (self.ramp_px >= 0, "ramp_px")]
         bad = [name for ok, name in checks if not ok]
         if bad:
@@ -143,7 +148,9 @@ def synthesize(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator,
             target = lv.tissue * 1.0 + lv.gap * (rng.uniform(-0.1, 0.05) + 0.05 * _smooth_noise(img.shape, 1.0, rng))
             out = out * (1 - alpha * strength) + alpha * strength * target
         else:
-            texture = 1 + 0.25 * _smooth_noise(img.shape, 1.5, rng)
+            # uneven ground glass (partly aerated, reticular in places), never darker than the lung it covers
+            texture = np.maximum(1 + rng.uniform(*p.patchiness) * _smooth_noise(img.shape, rng.uniform(1.0, 3.0), rng),
+                                 0.1)
             out = out + alpha * rng.uniform(*p.ggo_level) * lv.gap * texture
         mask |= blob
         placed += 1
