@@ -9,10 +9,14 @@ and prints them as a table with each row's ratio to torch eager fp32 (ratios fro
 shared machine).
 
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/predict_speed.py --out out/predict_speed [--size 256]
+
+`--size` is the run's working size: 128 (the default; width 16) is what a budgeted CPU run trains at, 256 (the
+model's default width) the fixed schedule's and CUDA's.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +37,7 @@ from covidseg_core.infer.model import load_run_model  # noqa: E402
 from covidseg_core.infer.predict import predict_job, predict_probabilities  # noqa: E402
 from covidseg_core.models.segmenter import build_from_spec  # noqa: E402
 from covidseg_core.runs import BEST, RunFolder  # noqa: E402
-from covidseg_core.budget import FULL_SIZE  # noqa: E402
+from covidseg_core.budget import CPU_BASE, CPU_SIZE  # noqa: E402
 from covidseg_core.train_config import TrainConfig, fast_config  # noqa: E402
 
 log = logging.getLogger("predict_speed")
@@ -96,7 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--image", type=int, default=512)
     p.add_argument("--preset", choices=("default", "fast"), default="default")
-    p.add_argument("--variants", default="engine,precision,threads,channels_last,batch,compile")
+    p.add_argument("--size", type=int, default=CPU_SIZE, help="working size of the default preset's run")
+    p.add_argument("--variants", default="engine,unet,precision,threads,channels_last,batch,compile")
     p.add_argument("--precision", default="auto", help="precision of the whole-job timing")
     p.add_argument("--loop-slices", type=int, default=60, help="slices per variant timing (scaled to the volume)")
     args = p.parse_args(argv)
@@ -104,8 +109,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     vol = args.out / f"synthetic_{args.slices}x{args.image}.nii.gz"
     make_volume(vol, args.slices, args.image)
-    cfg = TrainConfig(size=FULL_SIZE) if args.preset == "default" else fast_config()
-    run = args.out / f"run_{args.preset}"
+    # the network a run of that size gets: a budgeted CPU run's width at the CPU size, else the model's default
+    base = CPU_BASE if args.size == CPU_SIZE else None
+    cfg = TrainConfig(size=args.size, base=base) if args.preset == "default" else fast_config()
+    run = args.out / f"run_{args.preset}_{cfg.size}"     # a run folder per size: an older one is never reused
     rng = np.random.default_rng(0)
     images = rng.random((args.loop_slices, args.image, args.image), dtype=np.float32)
     make_run(run, cfg, images[:2])
@@ -138,6 +145,12 @@ def main(argv=None) -> int:
             for name, model in loaded.items():
                 t = time_loop(model, images, None) * scale
                 variants[name] = min(t, variants.get(name, float("inf")))
+    if "unet" in wanted:
+        # the same loop through the standard U-Net (its default width) at the same working size and engines
+        unet_run = args.out / f"run_unet_{cfg.size}"
+        make_run(unet_run, dataclasses.replace(cfg, model="unet", base=None), images[:2])
+        for name, engine in (("standard U-Net, torch eager fp32", "torch"), ("standard U-Net, onnxruntime fp32", "auto")):
+            variants[name] = time_loop(load_run_model(unet_run, "cpu", "fp32", engine=engine), images, None) * scale
     if "precision" in wanted:
         for prec in ("fp32", "bf16"):
             model = load_run_model(run, "cpu", prec, engine="torch")

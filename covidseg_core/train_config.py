@@ -15,7 +15,7 @@ class TrainConfig:
     "let the device and the time budget decide" (budget.py); the decisions are recorded in RUN/plan.json."""
     fusion: str = "avg"               # avg | max | none (stage-1 attention fusion)
     size: int | str | None = AUTO     # longer side slices are scaled to in both stages (None = native; AUTO:
-    #                                   256, or 192 for a budgeted run on a CPU)
+    #                                   256, or 128 for a budgeted run on a CPU: budget.working_profile)
     cls_epochs: int | None = None     # None: as the budget allows, or 30 without a budget
     seg_epochs: int | None = None     # None: as the budget allows, or 40 without a budget
     budget_minutes: float | None = None  # None: the device's default (CPU 8 min, CUDA none); 0: fixed schedule

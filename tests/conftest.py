@@ -1,12 +1,24 @@
-"""Shared test fixtures: the real data folder (skipped when absent)."""
+"""Shared test fixtures: the real data folder (skipped when absent); torch threads shared out between the
+pytest-xdist workers that `make test` starts (one per core)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_DATA = SHARED / "data"
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist every worker is a process with torch's default of one thread per core: N workers on N
+    cores would run N*N threads, and idle OpenMP threads spin. Give each worker its share of the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")

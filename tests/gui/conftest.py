@@ -1,9 +1,12 @@
 """GUI tests run offscreen, with their own settings and data folders (never the user's)."""
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"          # before anything imports Qt
 _HOME = tempfile.mkdtemp(prefix="covidseg-gui-tests-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["XDG_DATA_HOME"] = os.path.join(_HOME, "data")
 os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
 os.environ.setdefault("MALLOC_ARENA_MAX", "2")
