@@ -78,6 +78,7 @@ class Bench:
 
     def cfg(self, seed: int, **kw) -> TrainConfig:
         size = {"size": self.args.size} if self.args.size else {}
+        size |= {"crop": self.args.crop} if self.args.crop else {}
         init = {"init": str(self.args.init)} if self.args.init and "init" not in kw else {}
         return TrainConfig(seed=seed, budget_minutes=self.args.budget, **size, **init, **kw)
 
@@ -179,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--budget", type=float, default=None, help="minutes per run (default: the CPU default)")
     p.add_argument("--size", type=int, default=None, help="working size (default: the planner's choice)")
+    p.add_argument("--crop", type=int, default=None, help="train the segmenter on random crops of this side "
+                   "(foreground-biased; prediction stays whole-slice)")
     p.add_argument("--init", default=None, help="segmenter start for the weak rows: prior (the shipped one), none, "
                    "or a prior file; for unseen-volume rows use a prior trained on the training volumes only")
     p.add_argument("--app-volumes", default="c01,c06,r02")
