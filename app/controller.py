@@ -324,6 +324,19 @@ class Controller(QObject):
         self.run_job("Exporting", tasks.export_job(s.project, s.source_id, Path(path), which, overwrite, fmt), done,
                      lambda exc: self.export_failed.emit(str(exc)))
 
+    def export_all(self, which: str, folder: str | Path, overwrite: bool = False, fmt: str = "nifti",
+                   source_ids: list[str] | None = None) -> None:
+        """Every study of the project into one folder, one mask each named from the study (the core's folder
+        export); what was left out (nothing to export yet, missing, not DICOM for a SEG) is said."""
+        def done(result: tasks.Exported) -> None:
+            self.exported.emit(result)
+            self.window.show_status(f"Exported into {result.mask}" + (f" ({len(result.notes)} studies left out: "
+                                                                      "see the export dialog)" if result.notes else ""))
+
+        self.run_job("Exporting every study", tasks.export_studies_job(self.session.project, Path(folder), which,
+                                                                       overwrite, fmt, source_ids), done,
+                     lambda exc: self.export_failed.emit(str(exc)))
+
     # --- report and SEG import -------------------------------------------------------------------------------------
     def report(self, path: str | Path, overwrite: bool = False) -> None:
         s = self.session

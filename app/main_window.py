@@ -124,7 +124,7 @@ class MainWindow(QMainWindow):
         s.project_changed.connect(self._on_project_changed)
         c.study_loaded.connect(lambda loaded: [self.training_panel.show_epoch(ev) for ev in loaded.epochs])
         c.training_started.connect(self.training_panel.clear_curves)
-        c.exported.connect(lambda r: self.export_dialog is not None and self.export_dialog.set_done(r.files))
+        c.exported.connect(lambda r: self.export_dialog is not None and self.export_dialog.set_done(r.files, r.notes))
         c.export_failed.connect(lambda text: self.export_dialog is not None and self.export_dialog.set_failed(text))
         j.started.connect(self._on_job_started)
         j.progress.connect(self._on_progress)

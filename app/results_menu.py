@@ -13,11 +13,14 @@ from .errors_ui import show_error
 
 
 def show_export_dialog(window, fmt: str = "nifti") -> ExportDialog | None:
-    """File > Export > NIfTI / DICOM SEG: the dialog, once the study has a mask (and, for a SEG, came from DICOM)."""
+    """File > Export > NIfTI / DICOM SEG: the dialog, once the study has a mask (and, for a SEG, came from DICOM).
+    With several studies in the project: every study into one folder (export_all_dialog)."""
     s = window.session
     if not s.has_study:
         show_error(window, ProjectError("No study is open.", "Open a study and train (or predict) first."))
         return None
+    if len(s.project.sources) > 1:
+        return export_all_dialog(window, fmt)
     if not s.has_mask():
         show_error(window, ProjectError("There is no mask to export yet.",
                                         "Press Train (or Predict with the last run), or draw corrections."))
@@ -34,6 +37,35 @@ def show_export_dialog(window, fmt: str = "nifti") -> ExportDialog | None:
     default = s.project.folder / "exports" / f"{Path(s.study.source).name.split('.')[0]}_infection{suffix}"
     dlg = ExportDialog(default, s.prediction is not None, len(s.corrected_indices()), window, fmt=fmt)
     dlg.export_requested.connect(lambda which, path, overwrite: window.controller.export(which, path, overwrite, fmt))
+    return _show(window, dlg)
+
+
+def export_all_dialog(window, fmt: str) -> ExportDialog | None:
+    """Every study of the project into one folder, one mask each, named from the study as the core's folder
+    export names them (folder_export_plan); the studies a SEG cannot be made for are named in the dialog, and a
+    study with nothing to export yet is named when the export is done."""
+    from covidseg_core.results.export import folder_export_plan
+
+    from .tasks import last_usable_run
+
+    p = window.session.project
+    try:
+        names, skipped = folder_export_plan(p, fmt)
+    except CovidSegError as exc:
+        show_error(window, exc)
+        return None
+    n_corrected = sum(len(p.corrections(sid)) for sid in names)
+    has_prediction = window.session.prediction is not None or last_usable_run(p) is not None
+    dlg = ExportDialog(p.folder / "exports", has_prediction, n_corrected, window, fmt=fmt, names=list(names.values()))
+    if skipped:
+        dlg.result.setText("<br>".join(f"{s['source']} not exported: {s['reason']}" for s in skipped))
+    ids = list(names)          # the studies listed now (one added while the dialog is open is not written)
+    dlg.export_requested.connect(lambda which, folder, overwrite: window.controller.export_all(which, folder,
+                                                                                             overwrite, fmt, ids))
+    return _show(window, dlg)
+
+
+def _show(window, dlg: ExportDialog) -> ExportDialog:
     window.export_dialog = dlg
     dlg.show()
     return dlg

@@ -51,9 +51,10 @@ class PipelineResult:
 
 @dataclass
 class Exported:
-    mask: str
-    files: list[str]                           # the mask and its quantification files
-    quantification: dict | None                # read back from <name>.quant.json
+    mask: str                                  # the mask (for every study: the folder)
+    files: list[str]                           # the mask(s) and quantification files
+    quantification: dict | None                # read back from <name>.quant.json (one study)
+    notes: list[str] = field(default_factory=list)      # studies left out of a folder export, and why
 
 
 # --- small jobs ------------------------------------------------------------------------------------------------
@@ -204,6 +205,22 @@ def export_job(project, source_id: str, path: Path, which: str, overwrite: bool 
         quant_json = next((p for p in result.get("quantification", []) if p.endswith(".json")), None)
         quant = json.loads(Path(quant_json).read_text(encoding="utf-8")) if quant_json else None
         yield Done(Exported(result["mask"], [result["mask"], *result.get("quantification", [])], quant))
+    return job
+
+
+def export_studies_job(project, folder: Path, which: str, overwrite: bool = False, fmt: str = "nifti",
+                       source_ids: list[str] | None = None):
+    """covidseg_core.results.export.export_studies: one mask per study of the project into `folder`, named from
+    the study, each in its source's geometry (a DICOM SEG per DICOM study with `fmt` "dicom-seg").
+    Done(Exported: mask = the folder, notes = the studies left out and why)."""
+    from covidseg_core.results.export import export_studies
+
+    def job(cancel: CancelToken) -> Iterator:
+        result = yield from relay(export_studies(project, folder, which=which, source_ids=source_ids, cancel=cancel,
+                                                 overwrite=overwrite, fmt=fmt))
+        files = [f for r in result["studies"] for f in (r["mask"], *r.get("quantification", []))]
+        notes = [f"{s['source']} not exported: {s['reason']}" for s in result.get("skipped", [])]
+        yield Done(Exported(result["folder"], files, None, notes))
     return job
 
 

@@ -225,19 +225,13 @@ def export_names(project, source_ids: list[str], fmt: str = "nifti") -> dict[str
     return safe
 
 
-def export_studies(project, out_dir: str | Path, which: str = "corrected", source_ids: list[str] | None = None,
-                   cancel: CancelToken | None = None, overwrite: bool = False, fmt: str = "nifti"):
-    """Job: one mask (+ quantification) per study of the project into the folder `out_dir`, named from the
-    study (export_names). With `fmt` "dicom-seg", one SEG per study opened from DICOM; the other studies are
-    skipped with a note (a SEG references the DICOM images it was drawn on). A study with nothing to export
-    yet (no prediction, no correction) or missing is skipped and named in the result; none exported is an
-    error. Done({"folder", "format", "studies": [...], "skipped"})."""
-    out_dir = Path(out_dir)
+def folder_export_plan(project, fmt: str = "nifti", source_ids: list[str] | None = None
+                       ) -> tuple[dict[str, str], list[dict]]:
+    """What a folder export (export_studies) writes: source id -> file name (export_names) for each study it
+    exports, and the studies it leaves out for the format ({"source", "reason"}: a DICOM SEG needs a study opened
+    from DICOM). The app shows the names and asks before replacing any of them."""
     if fmt not in FORMATS:
         raise InputError(f"Unknown export format {fmt!r}.", f"Use one of {', '.join(FORMATS)}.")
-    if out_dir.name.lower().endswith((".nii", ".nii.gz", ".dcm")):
-        raise InputError(f"{out_dir} is a file name; exporting every study needs a folder.",
-                         "Give a folder, or choose one study with --source.")
     ids = source_ids or [s["id"] for s in project.sources]
     if not ids:
         raise ProjectError("The project has no study to export.", "Add a study first.")
@@ -250,14 +244,30 @@ def export_studies(project, out_dir: str | Path, which: str = "corrected", sourc
                 dicom.append(sid)
                 continue
             what = {"nifti": "a NIfTI volume", "images": "a folder of slice images"}.get(kind, "not a DICOM series")
-            reason = f"not from DICOM ({what}); a DICOM SEG needs a study opened from DICOM files"
-            skipped.append({"source": sid, "reason": reason})
-            yield Message(f"{sid} skipped: {reason}. Export it with --format nifti.", "warning")
+            skipped.append({"source": sid,
+                            "reason": f"not from DICOM ({what}); a DICOM SEG needs a study opened from DICOM files"})
         if not dicom:
             raise InputError("DICOM SEG export needs a study opened from DICOM files; no study to export is one.",
                              "Export them as NIfTI (--format nifti).")
         ids = dicom
-    names = export_names(project, ids, fmt)
+    return export_names(project, ids, fmt), skipped
+
+
+def export_studies(project, out_dir: str | Path, which: str = "corrected", source_ids: list[str] | None = None,
+                   cancel: CancelToken | None = None, overwrite: bool = False, fmt: str = "nifti"):
+    """Job: one mask (+ quantification) per study of the project into the folder `out_dir`, named from the
+    study (export_names). With `fmt` "dicom-seg", one SEG per study opened from DICOM; the other studies are
+    skipped with a note (a SEG references the DICOM images it was drawn on). A study with nothing to export
+    yet (no prediction, no correction) or missing is skipped and named in the result; none exported is an
+    error. Done({"folder", "format", "studies": [...], "skipped"})."""
+    out_dir = Path(out_dir)
+    if out_dir.name.lower().endswith((".nii", ".nii.gz", ".dcm")):
+        raise InputError(f"{out_dir} is a file name; exporting every study needs a folder.",
+                         "Give a folder, or choose one study with --source.")
+    names, skipped = folder_export_plan(project, fmt, source_ids)
+    for s in skipped:
+        yield Message(f"{s['source']} skipped: {s['reason']}. Export it with --format nifti.", "warning")
+    ids = list(names)
     targets = [t for sid in ids for t in export_files(out_dir / names[sid])]
     protected = [p for s in project.sources for p in study_protected(project.source_path(s["id"]),
                                                                      f"the study {s['id']}")]

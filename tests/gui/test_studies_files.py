@@ -1,0 +1,111 @@
+"""Many studies in one window, their files (issue 12): export every study into one folder from the app (one mask
+per study, each in its own source's geometry; existing files replaced only after the user says so)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtWidgets import QMessageBox
+
+from gui_helpers import open_study, wait_idle
+
+sitk = pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    """Two small studies with different geometry: the demo as written, and another demo volume given its own
+    spacing, origin and direction (as a second patient's scan would have); and the first one's image folder."""
+    from covidseg_core.demo import write_demo
+
+    base = tmp_path / "data"
+    write_demo(base / "a", seed=1, n_slices=6, size=64)
+    write_demo(base / "b", seed=2, n_slices=5, size=48)
+    b = base / "b" / "volume" / "ct.nii.gz"
+    img = sitk.ReadImage(str(b))
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin((-12.0, 30.5, 101.0))
+    img.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    other = base / "b" / "patient_b.nii.gz"
+    sitk.WriteImage(img, str(other))
+    return {"a": base / "a" / "volume" / "ct.nii.gz", "b": other, "a_images": base / "a"}
+
+
+def square(shape, y, x, r=5):
+    m = np.zeros(shape, np.uint8)
+    m[y - r:y + r, x - r:x + r] = 1
+    return m
+
+
+# --- export every study ----------------------------------------------------------------------------------------
+
+def test_export_every_study_into_one_folder_in_each_source_geometry(qtbot, window, two_sources, tmp_path,
+                                                                     monkeypatch):
+    w = window
+    s = w.session
+    open_study(qtbot, w, two_sources["a"], tmp_path / "project")
+    w.controller.add_study(two_sources["b"])
+    wait_idle(qtbot, w)
+    ids = [r["id"] for r in s.project.sources]
+    assert len(ids) == 2 and s.source_id == ids[1]
+    # a correction in each study (no training needed: the mask is the user's)
+    s.save_correction(2, square((48, 48), 20, 24))
+    study_a = s.studies[ids[0]]
+    s.project.save_correction(ids[0], study_a.slice_ids[3], square((64, 64), 30, 30), expected_shape=(64, 64))
+
+    dlg = w.show_export_dialog()
+    assert dlg is not None and dlg.names == ["ct_infection.nii.gz", "patient_b_infection.nii.gz"]
+    assert "every study" in dlg.windowTitle() and "patient_b_infection.nii.gz" in dlg.quant.text()
+    out = tmp_path / "exports"
+    dlg.path.setText(str(out))
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: (_ for _ in ()).throw(AssertionError("asked")))
+    dlg.export_button.click()
+    wait_idle(qtbot, w)
+    written = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert written == ["ct_infection.nii.gz", "patient_b_infection.nii.gz"], dlg.result.text()
+    assert "patient_b_infection.nii.gz" in dlg.result.text()
+    for src, name, z, expected in ((two_sources["a"], "ct_infection.nii.gz", 3, square((64, 64), 30, 30)),
+                                   (two_sources["b"], "patient_b_infection.nii.gz", 2, square((48, 48), 20, 24))):
+        ref, got = sitk.ReadImage(str(src)), sitk.ReadImage(str(out / name))
+        assert got.GetSize() == ref.GetSize()
+        assert np.allclose(got.GetSpacing(), ref.GetSpacing())
+        assert np.allclose(got.GetOrigin(), ref.GetOrigin())
+        assert np.allclose(got.GetDirection(), ref.GetDirection())
+        arr = sitk.GetArrayFromImage(got)
+        assert np.array_equal(arr[z] > 0, expected > 0) and int(arr.sum()) == int(expected.sum())
+    assert sitk.ReadImage(str(out / "patient_b_infection.nii.gz")).GetDirection()[1] == pytest.approx(1.0)
+
+    # again into the same folder: the user is asked; No leaves the files as they were, Yes replaces them
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    asked, answer = [], [QMessageBox.StandardButton.No]
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or answer[0])
+    s.project.remove_correction(ids[1], s.study.slice_ids[2])
+    dlg.export_button.click()
+    wait_idle(qtbot, w)
+    assert asked and "patient_b_infection.nii.gz" in asked[0] and "ct_infection.quant.json" in asked[0]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    answer[0] = QMessageBox.StandardButton.Yes
+    dlg.export_button.click()
+    wait_idle(qtbot, w)
+    # study b has nothing to export now: it is said, and its old file is left alone; a is replaced
+    assert "not exported" in dlg.result.text() and ids[1] in dlg.result.text()
+    assert (out / "ct_infection.nii.gz").stat().st_mtime_ns != before["ct_infection.nii.gz"]
+    assert (out / "patient_b_infection.nii.gz").stat().st_mtime_ns == before["patient_b_infection.nii.gz"]
+
+
+def test_export_every_study_refuses_a_folder_inside_a_study(qtbot, window, two_sources, tmp_path, monkeypatch):
+    w = window
+    s = w.session
+    open_study(qtbot, w, two_sources["a"], tmp_path / "project")
+    w.controller.add_study(two_sources["a_images"])
+    wait_idle(qtbot, w)
+    w.controller.add_study(two_sources["b"])
+    wait_idle(qtbot, w)
+    s.save_correction(1, square((48, 48), 20, 24))
+    dlg = w.show_export_dialog()
+    assert len(dlg.names) == 3
+    inside = two_sources["a_images"] / "images"         # a folder study's own folder is never written into
+    dlg.path.setText(str(inside))
+    dlg.export_button.click()
+    wait_idle(qtbot, w)
+    assert "Not exported" in dlg.result.text() and "Refusing" in dlg.result.text(), dlg.result.text()
+    assert not list(inside.glob("*_infection*"))
