@@ -19,7 +19,7 @@ from covidseg_core.errors import CovidSegError, ProjectError
 from covidseg_core.project.api import Project
 from covidseg_core.project.store import PROJECT_FILE
 
-from . import tasks
+from . import adding, tasks
 from .dialogs.open_dialogs import user_data_dir
 from .jobs import JobBusy, JobRunner
 from .prefs import Prefs
@@ -48,6 +48,7 @@ class Controller(QObject):
         self.session, self.jobs, self.prefs, self.window = session, jobs, prefs, window
         self._deferred: list[tuple[object, Callable[[], None]]] = []
         self._pending_slice: str | None = None     # a suggested slice to show once its study is loaded
+        self._add_after_open: list[Path] = []     # studies dropped together with the one being opened
         session.study_changed.connect(self._deferred.clear)     # updates queued for the previous study
 
     def run_job(self, name: str, make_job, on_done=None, on_failed=None) -> bool:
@@ -86,6 +87,7 @@ class Controller(QObject):
                   series_uid: str | None = None) -> None:
         """Open a project folder, or a study (with its project, made next to it or where the user says)."""
         path = Path(path).expanduser().absolute()
+        self._add_after_open = []          # studies dropped with one opened without a project: none now
         try:
             if (path / PROJECT_FILE).is_file():
                 self.open_project(path)
@@ -153,30 +155,48 @@ class Controller(QObject):
                 self.slice_requested.emit(pending)
             if result.prediction is not None:
                 s.set_prediction(result.prediction, result.run)
+            rest, self._add_after_open = self._add_after_open, []
+            if rest:
+                self.add_studies(rest)             # the last one added is shown (and measured) next
+            elif result.prediction is not None:
                 self.start_quantify()
 
         self.run_job("Reading the study", tasks.load_study_job(self.session.project, source_id,
-                                                               self.session.studies.get(source_id)), loaded)
+                                                               self.session.studies.get(source_id)), loaded,
+                     lambda _exc: setattr(self, "_add_after_open", []))
 
     # --- many studies ----------------------------------------------------------------------------------------------
     def add_study(self, path: str | Path, series_uid: str | None = None) -> None:
-        """Add a study to the open project (read on the job thread) and show it; the same study twice is said."""
+        self.add_studies([path], series_uid)
+
+    def add_studies(self, paths: list, series_uid: str | None = None) -> None:
+        """Add studies to the open project (Add study, drag and drop; read on the job thread) and show the last
+        one added. The same study twice is said, not added; a path that is no study gets its message and does not
+        stop the others. Without a project the first one is opened (its project made as for File > Open) and
+        the others are added to it once it is shown."""
         s = self.session
+        paths = [Path(p) for p in paths]
+        if not paths:
+            return
         if s.project is None:
-            self.open_path(path, series_uid=series_uid)       # no project yet: opening makes one
+            self.open_path(paths[0], series_uid=series_uid)
+            self._add_after_open = paths[1:]
             return
 
-        def added(result: tasks.StudyAdded) -> None:
-            s.studies[result.source_id] = result.study
-            if not result.new:
-                self.window.show_status(f"{Path(path).name} is already in the project ({result.source_id}).", 8000)
-            elif result.labels_imported:
-                self.window.show_status(f"{result.labels_imported} slice labels taken from the study's labels.csv.",
-                                        8000)
-            s.studies_changed.emit()
-            self.switch_study(result.source_id)
+        def added(result: adding.StudiesAdded) -> None:
+            for a in result.added:
+                s.studies[a.source_id] = a.study
+            if result.added:
+                self.window.show_status(adding.added_text(result.added), 10000)
+                s.studies_changed.emit()
+            if result.failed:
+                self.window.show_error(adding.not_added_error(result.failed))
+            new = [a for a in result.added if a.new] or result.added
+            if new:
+                self.switch_study(new[-1].source_id)
 
-        self.run_job("Adding the study", tasks.add_study_job(s.project, Path(path), series_uid), added)
+        self.run_job("Adding studies" if len(paths) > 1 else "Adding the study",
+                     adding.add_studies_job(s.project, paths, series_uid), added)
 
     def switch_study(self, source_id: str) -> None:
         s = self.session

@@ -21,6 +21,7 @@ from .dialogs.export_dialog import ExportDialog
 from .dialogs.open_dialogs import (ProjectFolderDialog, SeriesChooser, ask_study_path, default_project_folder,
                                   user_data_dir)
 from .dialogs.settings_dialog import SettingsDialog, effective_settings
+from .study_files import StudyDrops
 from .errors_ui import show_error
 from .jobs import JobRunner, run_light
 from .panels.attention_gallery import AttentionGallery
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
         self._make_status_bar()
         self._wire()
         self._restore_prefs()
+        self.drops = StudyDrops(self)        # files and folders dropped on the window: studies
         self._update_enabled()
         QTimer.singleShot(0, self._probe_device)
 

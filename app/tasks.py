@@ -59,27 +59,6 @@ class Exported:
 
 # --- small jobs ------------------------------------------------------------------------------------------------
 
-@dataclass
-class StudyAdded:
-    source_id: str
-    study: Study
-    new: bool                                  # False: it was in the project already
-    labels_imported: int = 0
-
-
-def add_study_job(project, path: Path, series_uid: str | None = None):
-    """Read a study and add it to the open project (covidseg_core.project.studies.add_study: the same study is
-    not added twice; its labels.csv becomes project labels while it has none). Done(StudyAdded)."""
-    from covidseg_core.project.studies import add_study
-
-    def job(cancel: CancelToken) -> Iterator:
-        yield Progress("load", 0, 1, f"Reading {Path(path).name}")
-        added = add_study(project, path, series_uid=series_uid)
-        yield Progress("load", 1, 1, f"{added.study.n_slices} slices")
-        yield Done(StudyAdded(added.source_id, added.study, added.new, added.labels_imported))
-    return job
-
-
 def suggest_job(project, studies: dict, device: str = "cpu"):
     """The slices to label next across every study (covidseg_core.suggest), scored by the newest run's
     classifier. Done(list of suggestions, best first)."""

@@ -1,10 +1,13 @@
 """Many studies in one window, their files (issue 12): export every study into one folder from the app (one mask
-per study, each in its own source's geometry; existing files replaced only after the user says so)."""
+per study, each in its own source's geometry; existing files replaced only after the user says so), studies added
+by dropping files and folders on the window, and a study whose files moved shown missing and relocated."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from gui_helpers import open_study, wait_idle
 
@@ -34,6 +37,26 @@ def square(shape, y, x, r=5):
     m = np.zeros(shape, np.uint8)
     m[y - r:y + r, x - r:x + r] = 1
     return m
+
+
+def drop(w, paths, target=None):
+    """A drop of local files and folders on the window (or on one of its widgets), as a file manager sends it."""
+    mime = QMimeData()
+    mime.setUrls([p if isinstance(p, QUrl) else QUrl.fromLocalFile(str(p)) for p in paths])
+    target = target or w
+    pos = QPointF(target.width() / 2, target.height() / 2)
+    enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(target, enter)
+    if not enter.isAccepted():
+        return False
+    ev = QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(target, ev)
+    return ev.isAccepted()
+
+
+def error_boxes(w):
+    return [b for b in w.findChildren(QMessageBox) if b.objectName() == "errorDialog" and b.isVisible()]
 
 
 # --- export every study ----------------------------------------------------------------------------------------
@@ -109,3 +132,75 @@ def test_export_every_study_refuses_a_folder_inside_a_study(qtbot, window, two_s
     wait_idle(qtbot, w)
     assert "Not exported" in dlg.result.text() and "Refusing" in dlg.result.text(), dlg.result.text()
     assert not list(inside.glob("*_infection*"))
+
+
+# --- drag and drop ---------------------------------------------------------------------------------------------
+
+def test_dropping_files_and_folders_adds_them_as_studies(qtbot, window, two_sources, tmp_path):
+    w = window
+    s = w.session
+    # no project yet: the first is opened (its project made next to it), the second added to that project
+    assert drop(w, [two_sources["a"], two_sources["b"]])
+    qtbot.waitUntil(lambda: s.project is not None and len(s.project.sources) == 2 and not w.jobs.busy,
+                    timeout=180000)
+    wait_idle(qtbot, w)
+    assert [r["kind"] for r in s.project.sources] == ["nifti", "nifti"]
+    assert s.source_id == s.project.sources[1]["id"] and s.study.shape == (5, 48, 48)
+    assert w.study_panel.list.count() == 2
+
+    # the same study again: said, not added; an image folder with it is added
+    assert drop(w, [two_sources["b"], two_sources["a_images"]])
+    wait_idle(qtbot, w)
+    assert len(s.project.sources) == 3 and s.project.sources[2]["kind"] == "images"
+    assert "already in the project" in w.statusBar().currentMessage()
+    assert s.source_id == s.project.sources[2]["id"]
+
+    # bad input: a clear message (what is wrong, what to do), the good one still added, no traceback
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a scan")
+    third = tmp_path / "c"
+    from covidseg_core.demo import write_demo
+    write_demo(third, seed=3, n_slices=4, size=32)
+    assert drop(w, [bad, third / "volume" / "ct.nii.gz"])
+    wait_idle(qtbot, w)
+    assert len(s.project.sources) == 4
+    boxes = error_boxes(w)
+    assert boxes and "notes.txt is not a file CovidSeg can read" in boxes[-1].text()
+    assert "Traceback" not in boxes[-1].text() and "Unexpected" not in boxes[-1].windowTitle()
+    for b in boxes:
+        b.close()
+    # two bad ones: one message naming both
+    missing = tmp_path / "gone.nii.gz"
+    assert drop(w, [bad, missing])
+    wait_idle(qtbot, w)
+    text = error_boxes(w)[-1].text()
+    assert "2 of the items given are not studies" in text and "notes.txt" in text and "gone.nii.gz" in text
+    assert len(s.project.sources) == 4
+
+
+def test_drops_land_anywhere_on_the_window_and_only_local_paths_are_taken(qtbot, window, two_sources):
+    w = window
+    # what Qt does with a drag: the widget under the cursor, or the nearest parent that takes drops
+    for widget in (w.view, w.study_panel.list, w.training_panel, w.gallery):
+        for child in [widget, *widget.findChildren(QWidget)]:
+            target = child
+            while target is not None and not target.acceptDrops():
+                target = target.parentWidget()
+            assert target is w, f"{child} would take the drop itself"
+    # a web link is not a study: the drag is refused, nothing happens
+    assert not drop(w, [QUrl("https://example.org/ct.nii.gz")])
+    assert w.session.project is None and not w.jobs.busy
+    assert drop(w, [two_sources["a"]])
+    qtbot.waitUntil(lambda: w.session.has_study and not w.jobs.busy, timeout=180000)
+
+
+def test_a_project_folder_dropped_alone_is_opened(qtbot, window, two_sources, tmp_path):
+    w = window
+    open_study(qtbot, w, two_sources["a"], tmp_path / "project")
+    w.session.set_project(None)
+    assert drop(w, [tmp_path / "project"])
+    qtbot.waitUntil(lambda: w.session.has_study and not w.jobs.busy, timeout=180000)
+    assert w.session.project.folder == tmp_path / "project"
+    # with other items: said, nothing opened or added
+    assert drop(w, [tmp_path / "project", two_sources["b"]])
+    assert "project folder" in error_boxes(w)[-1].text() and len(w.session.project.sources) == 1

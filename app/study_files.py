@@ -1,0 +1,68 @@
+"""The studies' files, as the user hands them over. Drag and drop onto the main window: files and folders dropped
+(a DICOM folder or file, a NIfTI volume, a folder of slice images) become studies of the project by the same path
+as File > Add study (controller.add_studies: read on the job thread, the same study twice said and not added, a
+path that is no study gets its message); a project folder dropped on its own is opened. Wiring only: no flow logic
+here."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QMimeData, QObject
+from PySide6.QtWidgets import QWidget
+
+from covidseg_core.errors import InputError
+from covidseg_core.project.store import PROJECT_FILE
+
+log = logging.getLogger(__name__)
+
+
+def dropped_paths(mime: QMimeData | None) -> list[Path]:
+    """The local files and folders of a drag (web links and other data are not studies)."""
+    if mime is None or not mime.hasUrls():
+        return []
+    return [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile() and u.toLocalFile()]
+
+
+class StudyDrops(QObject):
+    """Makes the whole window a drop target: the window takes drags of local paths, and its child widgets that
+    would take drops of their own (the graphics views) leave them to it, so a drop lands anywhere in it."""
+
+    def __init__(self, window):
+        super().__init__(window)
+        self.window = window
+        for child in window.findChildren(QWidget):
+            if child.acceptDrops():
+                child.setAcceptDrops(False)
+        window.setAcceptDrops(True)
+        window.installEventFilter(self)
+
+    def eventFilter(self, obj, ev) -> bool:
+        kind = ev.type()
+        if kind in (QEvent.Type.DragEnter, QEvent.Type.DragMove):
+            if dropped_paths(ev.mimeData()):
+                ev.acceptProposedAction()
+            else:
+                ev.ignore()
+            return True
+        if kind == QEvent.Type.Drop:
+            paths = dropped_paths(ev.mimeData())
+            if not paths:
+                ev.ignore()
+                return True
+            ev.acceptProposedAction()
+            self.drop(paths)
+            return True
+        return False
+
+    def drop(self, paths: list[Path]) -> None:
+        log.info("dropped: %s", ", ".join(map(str, paths)))
+        projects = [p for p in paths if (p / PROJECT_FILE).is_file()]
+        if not projects:
+            self.window.controller.add_studies(paths)
+        elif len(paths) == 1:
+            self.window.open_path(projects[0])
+        else:
+            self.window.show_error(InputError(f"{projects[0].name} is a project folder, dropped together with "
+                                              "other items.", "Drop a project folder on its own to open it, or "
+                                              "drop studies (DICOM folders, NIfTI files, image folders) to add them."))
