@@ -522,6 +522,23 @@ class Project:
             raise ProjectError(f"The project has no study with id {source_id!r}.",
                                "Add the study to the project first.") from None
 
+    def relocate_source(self, source_id: str, path: str | os.PathLike) -> None:
+        """Point a study whose files moved at their new place; its id, labels and corrections stay as they are
+        (keyed by its slices). Saved like every change; not in the undo history (as adding a study). Whether the
+        new place holds the same study is for the caller to check (project.studies.relocate_study does)."""
+        path = Path(path).expanduser().absolute()
+        if not path.exists():
+            raise InputError(f"The study {path} does not exist.", "Choose the place the study was moved to.")
+        with self._lock:
+            record = self._source_record(source_id)
+            other = self.find_source(path, record.get("series_uid"))
+            if other is not None and other != source_id:
+                raise InputError(f"{path} is already in the project, as the study {other}.",
+                                 "Choose the place the missing study was moved to.")
+            self._check_writable()
+            self._perform([{"op": "source_move", "id": source_id, **self._paths_for(path)}])
+        self._emit([("sources_changed", {"source_id": source_id, "action": "relocated"})])
+
     def remove_source(self, source_id: str) -> None:
         """Remove a study with its labels and corrections (undoable; correction files stay until then)."""
         with self._lock:

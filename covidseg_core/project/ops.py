@@ -88,6 +88,15 @@ def _apply_source_remove(state: ProjectState, op: dict) -> None:
     state.corrections.pop(sid, None)
 
 
+def _apply_source_move(state: ProjectState, op: dict) -> None:
+    """A study whose files moved, pointed at their new place: the same id, labels and corrections."""
+    sid = op.get("id")
+    if sid not in state.sources or not isinstance(op.get("path"), str):
+        state.warnings.append(f"A new place for an unknown study {sid!r} was skipped.")
+        return
+    state.sources[sid] = {**state.sources[sid], "path": op["path"], "relpath": op.get("relpath")}
+
+
 def _apply_run_put(state: ProjectState, op: dict) -> None:
     record = op.get("record")
     if isinstance(record, dict) and isinstance(record.get("path"), str):
@@ -111,6 +120,7 @@ OPS: dict[str, Callable[[ProjectState, dict], None]] = {
     "correction": _apply_correction,
     "source_put": _apply_source_put,
     "source_remove": _apply_source_remove,
+    "source_move": _apply_source_move,
     "run_put": _apply_run_put,
     "settings": _apply_settings,
 }

@@ -50,7 +50,7 @@ def open_source(project, source_id: str) -> Study:
     path = project.source_path(source_id)
     if not path.exists():
         raise InputError(f"The study {source_id} ({path}) is missing: it was moved or deleted.",
-                         "Put it back, or relocate it (add it again from its new place and remove the old one).")
+                         "Put it back, or point the project at its new place (the app's Studies panel: Locate…).")
     return open_study(path, series_uid=project.source(source_id).get("series_uid"))
 
 
@@ -71,6 +71,43 @@ def import_labels(project, source_id: str, study: Study) -> int:
     if labels:
         project.set_labels(source_id, labels)
     return len(labels)
+
+
+KIND_TEXT = {"nifti": "a NIfTI volume", "dicom": "a DICOM series", "images": "a folder of slice images"}
+
+
+def relocate_study(project, source_id: str, path: str | Path) -> Study:
+    """A study whose files moved or were renamed: read it at its new place, check that it is the same study (the
+    same kind, the DICOM series it had, every slice labelled or corrected in it), and point the project at it, so
+    its labels and corrections, keyed by its slices, show again. Returns the study read there."""
+    from ..io.loader import detect_kind, open_study
+
+    path = Path(path).expanduser().absolute()
+    kind = detect_kind(path)
+    if kind == "dicom-file":
+        path, kind = path.parent, "dicom"
+    record = project.source(source_id)
+    if kind != record.get("kind"):
+        raise InputError(f"{path} is {KIND_TEXT.get(kind, kind)}, but the study {source_id} is "
+                         f"{KIND_TEXT.get(record.get('kind'), record.get('kind'))}.",
+                         "Choose the file or folder the study was moved to.")
+    other = project.find_source(path, record.get("series_uid"))
+    if other not in (None, source_id):       # another study of the project: relocate_source raises, before any read
+        project.relocate_source(source_id, path)
+    study = open_study(path, series_uid=record.get("series_uid"))
+    uid = record.get("series_uid")
+    if uid and study.meta.get("series_uid") not in (None, uid):
+        raise InputError(f"{path} holds another DICOM series than the study {source_id}.",
+                         "Choose the folder the study's series was moved to.")
+    kept = set(project.labels(source_id)) | set(project.corrections(source_id))
+    lost = sorted(kept - set(study.slice_ids))
+    if lost:
+        raise InputError(f"{path} is not the study {source_id}: {len(lost)} of the {len(kept)} slices labelled or "
+                         f"corrected in it are not there (e.g. {lost[0]}).",
+                         "Choose the file or folder the study was moved to.")
+    project.relocate_source(source_id, path)
+    log.info("study %s relocated to %s", source_id, path)
+    return study
 
 
 @dataclass
