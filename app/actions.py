@@ -6,6 +6,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 
 from .slice_view import LAYERS, WINDOW_PRESETS
+from .study_files import locate_study
 
 # name, text, what it calls on the window (w), shortcuts, tip
 ACTIONS = [
@@ -19,6 +20,8 @@ ACTIONS = [
      "Add a DICOM folder or a folder of slice images to this project"),
     ("remove_study", "&Remove study", lambda w: w.remove_current_study, [],
      "Remove the shown study from the project (its labels and corrections come back with Undo)"),
+    ("locate_study", "&Locate moved study…", lambda w: lambda: locate_study(w), [],
+     "Point the project at the new place of a study whose files were moved (its labels and corrections are kept)"),
     ("prev_study", "Previous study", lambda w: lambda: w.controller.step_study(-1), ["Ctrl+PgUp"], ""),
     ("next_study", "Next study", lambda w: lambda: w.controller.step_study(1), ["Ctrl+PgDown"], ""),
     ("export", "Masks as &NIfTI…", lambda w: w.show_export_dialog, ["Ctrl+E"], "The mask as NIfTI in the "
@@ -66,7 +69,7 @@ TOGGLES = [
 ]
 MENUS = [
     ("&File", ["open_study", "open_image_folder", "open_project", "recent", "open_seg", "-", "add_study",
-               "add_study_folder", "remove_study", "-", ("&Export", ["export", "export_seg"]), "report", "-",
+               "add_study_folder", "remove_study", "locate_study", "-", ("&Export", ["export", "export_seg"]), "report", "-",
                "settings", "-", "quit"]),
     ("&View", [*WINDOW_PRESETS, "-", "fit", "zoom_in", "zoom_out", "-", "prev_study", "next_study", "-",
                *(f"show_{n}" for n in LAYERS)]),

@@ -136,11 +136,13 @@ class Controller(QObject):
         self.prefs.add_recent_project(project.folder)
         for w in project.warnings:
             self.window.show_status(w)
-        sources = project.sources
-        if not sources:
-            self.window.show_status("This project has no study yet: open one with File > Open study.")
+        sources = [r["id"] for r in project.sources]
+        present = [sid for sid in sources if project.source_path(sid).exists()]
+        if not present:
+            self.window.show_status("This project has no study yet: open one with File > Open study." if not sources
+                                    else "The project's studies are missing: File > Locate moved study… finds them.")
             return
-        self.load_source(sources[-1]["id"])
+        self.load_source(present[-1])
 
     def load_source(self, source_id: str) -> None:
         def loaded(result: tasks.StudyLoaded) -> None:
@@ -202,7 +204,24 @@ class Controller(QObject):
         s = self.session
         if s.project is None or source_id == s.source_id or self.jobs.busy:
             return
+        if not s.project.source_path(source_id).exists():
+            self.window.show_status(f"The study {source_id} is missing (moved or deleted); its labels are kept. "
+                                    "Locate moved study… points the project at its new place.", 15000)
+            return
         self.load_source(source_id)
+
+    def relocate_study(self, source_id: str, path: str | Path) -> None:
+        """A missing study's new place: read and checked on the job thread (the same kind, series and labelled
+        slices: covidseg_core.project.studies.relocate_study), then shown with its labels and corrections."""
+        s = self.session
+
+        def found(study) -> None:
+            s.studies[source_id] = study
+            self.window.show_status(f"The study {source_id} is now read from {path}; its labels are kept.", 10000)
+            s.studies_changed.emit()
+            self.switch_study(source_id)
+
+        self.run_job("Locating the study", tasks.relocate_job(s.project, source_id, Path(path)), found)
 
     def step_study(self, step: int) -> None:
         """Ctrl+PgUp / Ctrl+PgDown: the previous or next study of the project's list."""

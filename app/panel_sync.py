@@ -134,8 +134,10 @@ class PanelSync(QObject):
 
     def refresh_studies(self) -> None:
         w = self.window
-        w.study_panel.set_rows(self.session.study_rows())
+        rows = self.session.study_rows()
+        w.study_panel.set_rows(rows)
         w._update_enabled()
+        w.actions_by_name["locate_study"].setEnabled(any(not r["present"] for r in rows))
 
     def on_suggestions_changed(self) -> None:
         self.window.label_panel.strip.set_suggested(self.session.suggested_indices())

@@ -1,8 +1,8 @@
 """The studies' files, as the user hands them over. Drag and drop onto the main window: files and folders dropped
 (a DICOM folder or file, a NIfTI volume, a folder of slice images) become studies of the project by the same path
 as File > Add study (controller.add_studies: read on the job thread, the same study twice said and not added, a
-path that is no study gets its message); a project folder dropped on its own is opened. Wiring only: no flow logic
-here."""
+path that is no study gets its message); a project folder dropped on its own is opened. Locate moved study: a study
+whose files moved is pointed at their new place (controller.relocate_study). Wiring only: no flow logic here."""
 from __future__ import annotations
 
 import logging
@@ -66,3 +66,24 @@ class StudyDrops(QObject):
             self.window.show_error(InputError(f"{projects[0].name} is a project folder, dropped together with "
                                               "other items.", "Drop a project folder on its own to open it, or "
                                               "drop studies (DICOM folders, NIfTI files, image folders) to add them."))
+
+
+def locate_study(window, path: str | Path | None = None) -> None:
+    """File > Locate moved study…: the missing study selected in the Studies list (or the only missing one), and
+    its new place (asked for unless given: a file for a NIfTI volume, a folder for DICOM or slice images)."""
+    from .dialogs.open_dialogs import ask_study_path
+
+    s = window.session
+    missing = [r["id"] for r in s.study_rows() if not r["present"]]
+    selected = window.study_panel.selected_id()
+    source_id = selected if selected in missing else (missing[0] if len(missing) == 1 else None)
+    if source_id is None:
+        window.show_error(InputError("No missing study is selected." if missing else "No study of the project is "
+                                     "missing.", "Select the missing study in the Studies list, then Locate…."
+                                     if missing else ""))
+        return
+    if path is None:
+        path = ask_study_path(window, "Locate", folder=s.project.source(source_id).get("kind") != "nifti")
+        if not path:
+            return
+    window.controller.relocate_study(source_id, path)

@@ -73,6 +73,19 @@ def suggest_job(project, studies: dict, device: str = "cpu"):
     return job
 
 
+def relocate_job(project, source_id: str, path: Path):
+    """covidseg_core.project.studies.relocate_study: a missing study read at its new place, checked to be the same
+    study, and the project pointed at it. Done(the study)."""
+    from covidseg_core.project.studies import relocate_study
+
+    def job(cancel: CancelToken) -> Iterator:
+        yield Progress("load", 0, 1, f"Reading {path.name}")
+        study = relocate_study(project, source_id, path)
+        yield Progress("load", 1, 1, f"{study.n_slices} slices")
+        yield Done(study)
+    return job
+
+
 def load_study_job(project, source_id: str, study: Study | None = None):
     """Read a project's study with the core's loader (which also picks up a labels.csv that comes with it), unless
     it was read already (`study`), and the newest prediction a run saved for it. Done(StudyLoaded)."""
@@ -88,7 +101,8 @@ def load_study_job(project, source_id: str, study: Study | None = None):
         if not path.exists():
             from covidseg_core.errors import InputError
             raise InputError(f"The study {path} is missing: it was moved or deleted. Its labels are kept.",
-                             "Put it back where it was, or add it again from its new place (Add study).")
+                             "Put it back where it was, or point the project at its new place (File > Locate "
+                             "moved study…).")
         opened = study if study is not None else open_study(path, series_uid=series_uid)
         cancel.raise_if_cancelled()
         for w in opened.warnings:

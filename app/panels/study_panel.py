@@ -37,7 +37,7 @@ class StudyPanel(QGroupBox):
         self.list.itemClicked.connect(lambda item: self.study_clicked.emit(item.data(Qt.ItemDataRole.UserRole)))
         buttons = QHBoxLayout()
         self.buttons: dict[str, QToolButton] = {}
-        for key in ("add_study", "remove_study", "suggest"):
+        for key in ("add_study", "remove_study", "locate_study", "suggest"):
             b = self.buttons[key] = action_button(actions[key], f"study_{key}")
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
@@ -52,13 +52,17 @@ class StudyPanel(QGroupBox):
             item.setData(Qt.ItemDataRole.UserRole, row["id"])
             if not row["present"]:
                 item.setForeground(MISSING_COLOR)
-                item.setToolTip("The study's files were moved or deleted; its labels are kept. Add it again "
-                                "from its new place.")
+                item.setToolTip("The study's files were moved or deleted; its labels are kept. Locate… points the "
+                                "project at their new place.")
             self.list.addItem(item)
             if row["current"]:
                 item.setSelected(True)
                 self.list.setCurrentItem(item)
         self.list.blockSignals(False)
+
+    def selected_id(self) -> str | None:
+        item = self.list.currentItem()
+        return None if item is None else item.data(Qt.ItemDataRole.UserRole)
 
     def ids(self) -> list[str]:
         return [self.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.list.count())]

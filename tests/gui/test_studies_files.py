@@ -204,3 +204,58 @@ def test_a_project_folder_dropped_alone_is_opened(qtbot, window, two_sources, tm
     # with other items: said, nothing opened or added
     assert drop(w, [tmp_path / "project", two_sources["b"]])
     assert "project folder" in error_boxes(w)[-1].text() and len(w.session.project.sources) == 1
+
+
+# --- a study whose files moved ----------------------------------------------------------------------------------
+
+def test_a_moved_study_is_shown_missing_with_its_labels_and_relocated(qtbot, window, two_sources, tmp_path):
+    import shutil
+
+    from app.study_files import locate_study
+
+    w = window
+    s = w.session
+    orig = tmp_path / "orig"
+    shutil.copytree(two_sources["a"].parent.parent, orig)
+    open_study(qtbot, w, orig / "volume" / "ct.nii.gz", tmp_path / "project")
+    sid = s.source_id
+    s.set_label(0, None)                  # the user's own change on top of the labels.csv taken in
+    labels = s.label_list()
+    assert labels[0] is None and labels.count("infected") + labels.count("clean") == 5
+    assert w.label_panel.strip._labels == labels
+    s.save_correction(3, square((64, 64), 30, 30))
+    s.set_project(None)
+    shutil.move(orig, tmp_path / "moved")
+
+    # reopened: listed as missing with its label counts; nothing shown, no error dialog
+    w.open_path(tmp_path / "project")
+    qtbot.waitUntil(lambda: s.project is not None and not w.jobs.busy, timeout=180000)
+    assert not s.has_study and not error_boxes(w)
+    row = w.study_panel.list.item(0)
+    infected, clean = labels.count("infected"), labels.count("clean")
+    assert "(missing)" in row.text() and f"{infected} infected · {clean} clean" in row.text()
+    assert "Locate" in row.toolTip() and w.actions_by_name["locate_study"].isEnabled()
+    assert "missing" in w.statusBar().currentMessage()
+    w.study_panel.list.itemClicked.emit(row)                 # a click says what to do, and reads nothing
+    assert not w.jobs.busy and "Locate" in w.statusBar().currentMessage()
+
+    # another study is refused with a clear message; the study stays missing
+    locate_study(w, two_sources["b"])
+    wait_idle(qtbot, w)
+    assert "patient_b.nii.gz is not the study" in error_boxes(w)[-1].text()
+    assert not s.project.source_path(sid).exists() and not s.has_study
+
+    # relocated: shown again with its labels and correction, keyed as before
+    locate_study(w, tmp_path / "moved" / "volume" / "ct.nii.gz")
+    qtbot.waitUntil(lambda: s.has_study and not w.jobs.busy, timeout=180000)
+    wait_idle(qtbot, w)
+    assert s.source_id == sid and s.project.source_path(sid) == tmp_path / "moved" / "volume" / "ct.nii.gz"
+    assert s.label_list() == labels and w.label_panel.strip._labels == labels
+    assert w.label_panel.strip._corrected == {3}
+    assert "(missing)" not in w.study_panel.list.item(0).text()
+    assert not w.actions_by_name["locate_study"].isEnabled()
+    # kept when the project is opened again
+    s.set_project(None)
+    w.open_path(tmp_path / "project")
+    qtbot.waitUntil(lambda: s.has_study and not w.jobs.busy, timeout=180000)
+    assert s.label_list() == labels
