@@ -69,8 +69,8 @@ TOGGLES = [
 ]
 MENUS = [
     ("&File", ["open_study", "open_image_folder", "open_project", "recent", "open_seg", "-", "add_study",
-               "add_study_folder", "remove_study", "locate_study", "-", ("&Export", ["export", "export_seg"]), "report", "-",
-               "settings", "-", "quit"]),
+               "add_study_folder", "remove_study", "locate_study", "-", ("&Export", ["export", "export_seg"]),
+               "report", "-", "settings", "-", "quit"]),
     ("&View", [*WINDOW_PRESETS, "-", "fit", "zoom_in", "zoom_out", "-", "prev_study", "next_study", "-",
                *(f"show_{n}" for n in LAYERS)]),
     ("&Label", ["infected", "clean", "unlabel", "next_unlabelled", "suggest", "-", "undo", "redo"]),

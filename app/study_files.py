@@ -77,10 +77,12 @@ def locate_study(window, path: str | Path | None = None) -> None:
     missing = [r["id"] for r in s.study_rows() if not r["present"]]
     selected = window.study_panel.selected_id()
     source_id = selected if selected in missing else (missing[0] if len(missing) == 1 else None)
+    if not missing:
+        window.show_status("No study of the project is missing.", 5000)
+        return
     if source_id is None:
-        window.show_error(InputError("No missing study is selected." if missing else "No study of the project is "
-                                     "missing.", "Select the missing study in the Studies list, then Locate…."
-                                     if missing else ""))
+        window.show_error(InputError(f"{len(missing)} studies are missing; which one moved?",
+                                     "Click the missing study in the Studies list, then Locate moved study…."))
         return
     if path is None:
         path = ask_study_path(window, "Locate", folder=s.project.source(source_id).get("kind") != "nifti")

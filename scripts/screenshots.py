@@ -3,7 +3,8 @@
     python scripts/screenshots.py [--out docs/screenshots] [--quick]
 
 Shots: empty start, labelled study, training in progress with the attention strip, prediction overlay, export
-dialog. Exits 1 if any captured image is blank (a window that did not paint).
+dialog, the study list of a project of two studies, and a suggested slice (S). Exits 1 if any captured image is
+blank (a window that did not paint).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ("01-empty-start", "02-labelled-study", "03-training-attention", "04-prediction-overlay",
-         "05-export-dialog")
+         "05-export-dialog", "06-study-list", "07-suggestion")
 QUICK_DEMO = dict(n_slices=12, size=96)
 FULL: dict = {}          # the app's defaults (the core's fast preset): about a minute on the demo on a laptop CPU
 QUICK = dict(cls_epochs=4, seg_epochs=2, size=32, base=8, batch_size=4, device="cpu", seed=0)
@@ -108,7 +109,7 @@ def capture(out: Path, settings: dict, work: Path | None = None, demo: dict | No
         if settings:
             s.project.update_settings(**settings)
         w.actions_by_name["train"].trigger()
-        need = min(3, w.training_settings()["cls_epochs"])
+        need = min(3, w.training_settings()["cls_epochs"] or 3)     # None: the budget decides (the default)
         _wait(app, lambda: any(len(h.cams) >= need for h in s.attention.values()), 900, "classifier epochs")
         reported = max(s.attention, key=lambda sid: len(s.attention[sid].cams))
         w.view.set_slice(s.study.slice_index(reported))
@@ -130,6 +131,20 @@ def capture(out: Path, settings: dict, work: Path | None = None, demo: dict | No
         _wait(app, lambda: not w.jobs.busy and "Written" in dlg.result.text(), 300, "the export")
         shot(SHOTS[4], dlg)
         dlg.close()
+
+        # a second patient in the project, partly labelled: the study list with each study's counts and status
+        second = Path(write_demo(work / "demo2", seed=1, **(demo or {}))["volume"])
+        second = second.rename(second.with_name("patient_2.nii.gz"))       # its labels.csv stays beside it
+        w.controller.add_study(second)
+        _wait(app, lambda: len(s.project.sources) == 2 and s.source_id == s.project.sources[1]["id"]
+              and not w.jobs.busy, 300, "the second study")
+        s.project.set_labels(s.source_id, {sid: None for i, sid in enumerate(s.study.slice_ids) if i % 4})
+        shot(SHOTS[5])
+
+        # S: the slice most worth labelling next (scored by the run's classifier), marked blue on the label strip
+        w.actions_by_name["suggest"].trigger()
+        _wait(app, lambda: s.suggestions and not w.jobs.busy, 600, "the suggestions")
+        shot(SHOTS[6])
     finally:
         if w.jobs.busy:
             w.jobs.cancel()

@@ -59,6 +59,7 @@ class StudyPanel(QGroupBox):
                 item.setSelected(True)
                 self.list.setCurrentItem(item)
         self.list.blockSignals(False)
+        self.buttons["locate_study"].setVisible(any(not row["present"] for row in rows))    # only when needed
 
     def selected_id(self) -> str | None:
         item = self.list.currentItem()

@@ -235,6 +235,7 @@ def test_a_moved_study_is_shown_missing_with_its_labels_and_relocated(qtbot, win
     infected, clean = labels.count("infected"), labels.count("clean")
     assert "(missing)" in row.text() and f"{infected} infected · {clean} clean" in row.text()
     assert "Locate" in row.toolTip() and w.actions_by_name["locate_study"].isEnabled()
+    assert w.study_panel.buttons["locate_study"].isVisible()
     assert "missing" in w.statusBar().currentMessage()
     w.study_panel.list.itemClicked.emit(row)                 # a click says what to do, and reads nothing
     assert not w.jobs.busy and "Locate" in w.statusBar().currentMessage()
@@ -254,6 +255,7 @@ def test_a_moved_study_is_shown_missing_with_its_labels_and_relocated(qtbot, win
     assert w.label_panel.strip._corrected == {3}
     assert "(missing)" not in w.study_panel.list.item(0).text()
     assert not w.actions_by_name["locate_study"].isEnabled()
+    assert not w.study_panel.buttons["locate_study"].isVisible()
     # kept when the project is opened again
     s.set_project(None)
     w.open_path(tmp_path / "project")
