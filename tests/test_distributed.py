@@ -176,6 +176,8 @@ def test_torchrun_with_one_process_trains_exactly_the_plain_run(demo8, tmp_path,
 needs_gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
 TRAIN = ["train", "--device", "cpu", "--size", "64", "--cls-epochs", "1", "--seg-epochs", "2", "--seed", "0"]
+# a budget too small for more than a few epochs: rank 0 measures the speed probes alone and broadcasts the plan
+BUDGETED = ["train", "--device", "cpu", "--size", "64", "--budget", "0.2", "--seed", "0"]
 
 
 def _command(cmd: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
@@ -196,7 +198,7 @@ def _files(run: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def two_process_run(demo8, tmp_path_factory):
     run = tmp_path_factory.mktemp("ddp") / "run"
-    done = _torchrun(["-m", "covidseg_core"], [*TRAIN, "--data", str(demo8), "--out", str(run)])
+    done = _torchrun(["-m", "covidseg_core"], [*BUDGETED, "--data", str(demo8), "--out", str(run)])
     return run, done
 
 
@@ -207,9 +209,14 @@ def test_two_processes_write_one_run_like_a_one_process_run(two_process_run, dem
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)          # rank 0 alone printed: one JSON object on stdout
     assert result["complete"] and result["stage1"]["counts"]["pseudo_masks"] == 8
-    rows = RunFolder(run).read_epochs()
-    assert [(r["stage"], r["epoch"]) for r in rows] == [("classifier", 1), ("segmenter", 1), ("segmenter", 2)]
-    assert done.stderr.count("[segmenter] epoch 2/2") == 1          # progress from rank 0 only
+    plan = RunFolder(run).read_json("plan.json")
+    assert plan["stage1"]["how"] == plan["stage2"]["how"] == "budget"
+    n_cls, n_seg = plan["stage1"]["epochs"], plan["stage2"]["epochs"]
+    rows = RunFolder(run).read_epochs()           # every epoch once, as the plan both ranks trained to says
+    assert [(r["stage"], r["epoch"]) for r in rows] == \
+        [("classifier", e) for e in range(1, n_cls + 1)] + [("segmenter", e) for e in range(1, n_seg + 1)]
+    assert done.stderr.count(f"[segmenter] epoch {n_seg}/{n_seg}") == 1          # progress from rank 0 only
+    # the same layout as a one-process run (fixed epochs: it is the layout compared, and a budget costs more here)
     one = _command(["-m", "covidseg_core", "--quiet", *TRAIN, "--data", str(demo8), "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     assert _files(run) == _files(tmp_path / "one")
