@@ -212,7 +212,8 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
-    step = TrainStep(distributed.wrap(model, device), optimizer, device, lambda logits, y: tversky_focal_loss(logits, y.long()),
+    step = TrainStep(distributed.wrap(model, device), optimizer, device,
+                     lambda logits, y: tversky_focal_loss(logits, y.long()),
                      augment=lambda x, y, rng: augment(x, y, rng, cfg.crop), scheduler=scheduler, what="segmenter",
                      hint="Lower the learning rate or check the images, then train again into a new folder.")
     start_epoch, best_val, best_epoch = _resume(run, model, optimizer, step)

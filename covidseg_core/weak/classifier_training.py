@@ -96,7 +96,8 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
     pct_start = WARMUP_SHARE if abs(WARMUP_SHARE * total_steps - 1) > 1e-9 else 0.25
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
                                                 pct_start=pct_start)
-    step = TrainStep(distributed.wrap(model, device), opt, device, lambda logits, y: balanced_bce(logits, y, pos_fraction=pos_fraction),
+    step = TrainStep(distributed.wrap(model, device), opt, device,
+                     lambda logits, y: balanced_bce(logits, y, pos_fraction=pos_fraction),
                      augment=augment, scheduler=sched, what="classifier",
                      hint="Lower the learning rate, or check the images for corrupt values.")
     cam_shape = (int(np.ceil(images.shape[1] / STRIDE)), int(np.ceil(images.shape[2] / STRIDE)))
