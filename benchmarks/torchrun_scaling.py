@@ -7,7 +7,7 @@ the ratio of epoch seconds is the ratio of slices per second) and the whole job'
   benchmarks/torchrun_scaling.py --out out/scaling --procs 1,2,4,8 --device cuda --data DIR    (one process per GPU)
 
 Each process gets OMP_NUM_THREADS = cores // processes on the CPU (torchrun's default is 1), so 1 and N processes
-use the same cores. The first segmenter epoch (warm-up) is left out of the mean when there are more.
+use the same cores (--threads sets it for all). The first segmenter epoch (warm-up) is left out of the mean when there are more.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def train(n: int, args, data: Path, out: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = str(ROOT)
     if args.device == "cpu":
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        env["OMP_NUM_THREADS"] = str(args.threads or max(1, (os.cpu_count() or 1) // n))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
            "-m", "covidseg_core", "--quiet", "train", "--data", str(data), "--out", str(out), "--device", args.device,
            "--size", str(args.size), "--cls-epochs", str(args.cls_epochs), "--seg-epochs", str(args.seg_epochs)]
@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--demo-slices", type=int, default=32)
     p.add_argument("--demo-size", type=int, default=96)
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one process per GPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process on the CPU (default: cores // processes)")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--cls-epochs", type=int, default=2)
     p.add_argument("--seg-epochs", type=int, default=3)
