@@ -13,6 +13,7 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   data.py              SliceSet: a study's slices in [0, 1] with labels, groups, optional ground truth
   project/             api (Project), store (snapshot, journal, lock), ops (changes as a table), corrections,
                        studies (add a study, per-study summary, every study's slices as one training set)
+  distributed.py       torchrun: the process group, DDP, batches and slices shared out by rank, rank 0 the writer
   runs.py              RunFolder: the only owner of paths inside a run (checkpoints, pseudo/, cams/, epochs...)
   imaging/             windowing, resize (every resize), lungs (threshold lung field, density cues), lung_model
                        (the learned lung field, its packaged weights, the fallback), augment (both stages' augmentation)

@@ -5,6 +5,7 @@ folder / NIfTI file together with a labels CSV keyed by slice index or slice id.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,3 +95,11 @@ def load_slice_set(path: str | Path, labels_csv: str | Path | None = None) -> Sl
     if mask_dir is not None and mask_dir.is_dir():
         gt, has = _read_masks(mask_dir, ids, images.shape[1:])
     return SliceSet(images=images, ids=ids, labels=labels, groups=groups, gt_masks=gt, has_gt=has, study=study)
+
+
+def data_fingerprint(slices) -> str:
+    """Identifies the training data (images, ids, labels); the ground-truth masks are deliberately left out."""
+    h = hashlib.sha1()
+    h.update(repr((list(slices.ids), list(slices.labels), slices.images.shape)).encode())
+    h.update(np.round(slices.images * 255).astype(np.uint8).tobytes())
+    return h.hexdigest()

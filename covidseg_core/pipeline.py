@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .budget import (DEFAULT_CLS_EPOCHS, DEFAULT_SEG_EPOCHS, STAGE1_SHARE, EtaTracker, Plan, budget_seconds,
                      plan_classifier, plan_segmenter, reserve_seconds, working_profile)
 from .constants import FUSION_MODES, IGNORE, LUNG_METHODS, SYNTHETIC_MODES
-from .data import load_slice_set
+from .data import data_fingerprint, load_slice_set
 from .errors import InputError
 from .events import CancelToken, Done, Message, Progress, relay
 from .infer.device import resolve_device
@@ -43,16 +44,6 @@ from .weak.config import Stage1Config, check_inputs
 from .weak.job import run_stage1
 
 log = logging.getLogger(__name__)
-
-
-# --- data --------------------------------------------------------------------------------------------------
-
-def data_fingerprint(slices) -> str:
-    """Identifies the training data (images, ids, labels); the ground-truth masks are deliberately left out."""
-    h = hashlib.sha1()
-    h.update(repr((list(slices.ids), list(slices.labels), slices.images.shape)).encode())
-    h.update(np.round(slices.images * 255).astype(np.uint8).tobytes())
-    return h.hexdigest()
 
 
 # --- the plan: what the device and the budget chose --------------------------------------------------------
@@ -102,12 +93,18 @@ class _Budget:
         self.spent_before = 0.0
         stage2_sized = self.plan.budgeted and cfg.seg_epochs is None
         self.eta = EtaTracker(clock, started, self.plan.budget_s if stage2_sized else None)
+        self.share()
         for key, phases in (("stage1", ("classifier", "pseudo")), ("stage2", ("segmenter", "predict"))):
             for phase in phases:
                 self.eta.plan(phase, (getattr(self.plan, key) or {}).get(f"{phase}_s"))
 
     def save(self) -> None:
         self.run.write_json(PLAN_NAME, self.plan.to_dict())
+
+    def share(self) -> None:
+        """Under torchrun rank 0's plan (its clock, its speed probe) is every rank's: all train the same steps."""
+        if distributed.active():
+            self.plan = Plan.from_dict(distributed.broadcast(self.plan.to_dict()))
 
     def elapsed(self) -> float:
         return self.spent_before + self.clock() - self.started
@@ -130,16 +127,23 @@ class _Budget:
 
     def plan_stage1(self, slices, cfg: TrainConfig, dev: torch.device, cancel: CancelToken):
         """Generator: decides (unless recorded) and records the classifier's epochs."""
-        if self.plan.stage1 is None:
-            yield from decide_stage1(self.plan, slices, cfg, dev, cancel, self.clock, self.left)
+        if self.plan.stage1 is None and distributed.is_writer():
+            with distributed.local_only():
+                yield from decide_stage1(self.plan, slices, cfg, dev, cancel, self.clock, self.left)
             for phase in ("classifier", "pseudo"):
                 self.eta.plan(phase, self.plan.stage1.get(f"{phase}_s"))
             self.save()
+        self.share()
 
     def plan_stage2(self, seg_data, cfg: TrainConfig, dev: torch.device, cancel: CancelToken, n_report: int):
-        """Generator: decides (unless recorded) and records the segmenter's epochs and steps per epoch."""
-        if self.plan.stage2 is not None:
-            return
+        """Generator: decides (unless recorded; rank 0 under torchrun) and records the segmenter's epochs and
+        steps per epoch."""
+        if self.plan.stage2 is None and distributed.is_writer():
+            with distributed.local_only():
+                yield from self._decide_stage2(seg_data, cfg, dev, cancel, n_report)
+        self.share()
+
+    def _decide_stage2(self, seg_data, cfg: TrainConfig, dev: torch.device, cancel: CancelToken, n_report: int):
         bs = max(1, min(cfg.batch_size, seg_data.epoch_size))
         one_pass = max(1, math.ceil(seg_data.epoch_size / bs))
         spe = min(cfg.steps_per_epoch or one_pass, one_pass)
@@ -288,12 +292,13 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     data_info = {"path": str(Path(data).resolve()) if data else None, "n_slices": len(slices),
                  "shape": list(slices.images.shape[1:]), "labels": slices.counts(),
                  "fingerprint": data_fingerprint(slices)}
-    if run.exists():
-        config = run.read_config()
-        run.check_resumable(config, options, data_info)
-        yield Message(f"resuming run {run.path}")
-    else:
-        run.create(options, data_info, str(dev))
+    with distributed.writer_first():      # the other ranks find the run rank 0 made (or checked)
+        if run.exists():
+            config = run.read_config()
+            run.check_resumable(config, options, data_info)
+            yield Message(f"resuming run {run.path}")
+        else:
+            run.create(options, data_info, str(dev))
     yield Message(f"training on {dev} ({len(slices)} slices: {slices.counts()})")
     final = run.read_json(METRICS_NAME)
     if final and final.get("complete") and run.has_model():
@@ -316,6 +321,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
         budget.save()
 
     stage2_start = budget.elapsed()
+    distributed.barrier()            # the pseudo masks rank 0 writes are what every rank reads next
     pixel_dir = Path(cfg.pixel_labels) if cfg.pixel_labels else None
     targets, has_target, source = build_targets(slices, run.pseudo_dir, pixel_dir)
     n_pixel = source.count("pixel")
@@ -337,6 +343,9 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     init_state = yield from _segmenter_start(resolved)
     seg_summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state),
                                    budget.with_eta)
+    if not distributed.is_writer():  # rank 0 alone exports, reports and writes metrics.json
+        yield Done(seg_summary)
+        return
     onnx_info = yield from run_onnx_export(run, slices.images, cancel)
     report = yield from relay(ground_truth_report(run, slices, targets, has_target, source, val_idx, dev, cancel),
                               budget.with_eta)

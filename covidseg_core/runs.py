@@ -20,6 +20,8 @@ RUN/predictions/<source id>.nii.gz   a project study predicted with this run (th
 RUN/metrics.json         the final report (or status "failed"/"cancelled" and why)
 ```
 
+Under torchrun rank 0 alone writes (distributed.py): on the other ranks every write here is skipped.
+
 Every file is published atomically (write temp, fsync, rename), so a crash or a full disk leaves the previous
 checkpoint in place and a half-written one is never taken as good.
 """
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .atomic import atomic_write, atomic_write_json
 from .checkpoints import CLASSIFIER, SEGMENTER, load_checkpoint_file
 from .errors import RunError
@@ -232,6 +234,8 @@ class RunFolder:
 
     # --- writing -----------------------------------------------------------------------------------------
     def _write(self, path: Path, write) -> None:
+        if not distributed.is_writer():
+            return
         try:
             atomic_write(path, write)
         except OSError as exc:
@@ -251,7 +255,8 @@ class RunFolder:
                            "seconds": round(event.seconds, 3)})
 
     def forget_epochs(self) -> None:
-        self.epochs_path.unlink(missing_ok=True)
+        if distributed.is_writer():
+            self.epochs_path.unlink(missing_ok=True)
 
     def read_epochs(self, stage: str | None = None) -> list[dict]:
         path = self.epochs_path
@@ -311,9 +316,11 @@ class RunFolder:
 
     def write_json(self, name: str, obj: Any, check_intact: bool = True) -> Path:
         """RUN/<name> (atomically). check_intact=False for the status of a run that is failing anyway."""
+        path = self.path / name
+        if not distributed.is_writer():
+            return path
         if check_intact:
             self.ensure_intact()
-        path = self.path / name
         try:
             atomic_write_json(path, obj)
         except OSError as exc:

@@ -22,6 +22,14 @@ def _log_file() -> Path:
     return folder / "covidseg-cli.log"
 
 
+def _me() -> str:
+    """Who speaks in an error line: under torchrun all ranks share one terminal, so rank N > 0 says so."""
+    from ..distributed import env_world
+
+    rank = env_world().rank
+    return f"covidseg (rank {rank})" if rank else "covidseg"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -33,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"covidseg: {exc}", file=sys.stderr)
         return 130
     except CovidSegError as exc:
-        print(f"covidseg: error: {exc}", file=sys.stderr)
+        print(f"{_me()}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:              # output piped into `head`: not an error of ours
         sys.stderr.close()
@@ -50,6 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         crash_log.exception("unexpected error in covidseg %s", " ".join(sys.argv[1:]))
         crash_log.removeHandler(fh)
         fh.close()
-        print(f"covidseg: unexpected error: {type(exc).__name__}: {exc} (details in {path})", file=sys.stderr)
+        print(f"{_me()}: unexpected error: {type(exc).__name__}: {exc} (details in {path})", file=sys.stderr)
         return 3
 

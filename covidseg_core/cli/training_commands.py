@@ -78,15 +78,30 @@ def _train_config(args, seg: bool):
 
 
 def cmd_train(args) -> int:
+    from .. import distributed
     from ..pipeline import train_job
 
     cfg = _train_config(args, seg=True)
     if args.project is not None:
+        _refuse_torchrun("train --project")
         return _train_project(args, cfg)
-    metrics = run_job(train_job(args.data, args.out, cfg, device=args.device, labels_csv=args.labels),
-                      quiet=args.quiet)
-    print_json({"run": str(args.out), **(metrics or {})})
+    # under torchrun (docs/distributed.md) every rank trains; rank 0 alone prints and writes the run
+    with distributed.session(args.device) as device:
+        metrics = run_job(train_job(args.data, args.out, cfg, device=device, labels_csv=args.labels),
+                          quiet=args.quiet or not distributed.is_writer())
+        if distributed.is_writer():
+            print_json({"run": str(args.out), **(metrics or {})})
     return 0
+
+
+def _refuse_torchrun(command: str) -> None:
+    """Only `train --data` is made for several processes: others would all write the same folder."""
+    from .. import distributed
+    from ..errors import InputError
+
+    if distributed.launched():
+        raise InputError(f"`covidseg {command}` does not run under torchrun yet (only `covidseg train --data`).",
+                         "Run it as one process, without torchrun.")
 
 
 def _train_project(args, cfg) -> int:
@@ -108,6 +123,7 @@ def cmd_pseudo(args) -> int:
     from ..pipeline import pseudo_job
 
     cfg = _train_config(args, seg=False)
+    _refuse_torchrun("pseudo")
     slices = load_slice_set(args.data, args.labels)
     metrics = run_job(pseudo_job(slices, args.out, cfg, device=args.device), quiet=args.quiet)
     print_json({"run": str(args.out), **(metrics or {})})

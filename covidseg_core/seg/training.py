@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .. import distributed
 from ..constants import IGNORE
 from ..errors import TrainingError
 from ..events import CancelToken, EpochReport, Message, Progress
@@ -198,7 +199,8 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
         raise TrainingError("No slice has a training mask (pseudo mask or pixel label).",
                             "Label some slices infected or clean, then train again.")
     bs = max(1, min(cfg.batch_size, data.epoch_size))
-    n_batches = (data.epoch_size + bs - 1) // bs
+    global_bs = bs * distributed.size()      # under torchrun each rank trains on bs of each global batch
+    n_batches = (data.epoch_size + global_bs - 1) // global_bs
     if cfg.steps_per_epoch:
         n_batches = min(n_batches, cfg.steps_per_epoch)
     total_steps = cfg.seg_epochs * n_batches
@@ -210,7 +212,8 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
-    step = TrainStep(model, optimizer, device, lambda logits, y: tversky_focal_loss(logits, y.long()),
+    step = TrainStep(distributed.wrap(model, device), optimizer, device,
+                     lambda logits, y: tversky_focal_loss(logits, y.long()),
                      augment=lambda x, y, rng: augment(x, y, rng, cfg.crop), scheduler=scheduler, what="segmenter",
                      hint="Lower the learning rate or check the images, then train again into a new folder.")
     start_epoch, best_val, best_epoch = _resume(run, model, optimizer, step)
@@ -227,10 +230,13 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     for epoch in range(start_epoch, cfg.seg_epochs + 1):
         t0 = time.monotonic()
         rng = _epoch_rng(cfg.seed, epoch)
+        aug_rng = distributed.rank_rng(rng, cfg.seed, epoch)
         running, seen = 0.0, 0
-        for bi, (x, y) in enumerate(data.epoch_batches(epoch, rng, min(data.epoch_size, n_batches * bs), bs)):
+        for bi, (x, y) in enumerate(data.epoch_batches(epoch, rng, min(data.epoch_size, n_batches * global_bs),
+                                                       global_bs)):
             cancel.raise_if_cancelled()
-            running += step(x, y, rng=rng, where=f"at epoch {epoch}") * len(x)
+            x, y = distributed.shard_pair(x, y)
+            running += step(x, y, rng=aug_rng, where=f"at epoch {epoch}") * len(x)
             seen += len(x)
             done = (epoch - 1) * n_batches + bi + 1
             rate = (time.monotonic() - started) / (done - first_step)

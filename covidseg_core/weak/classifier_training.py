@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+from .. import distributed
 from ..events import CancelToken, EpochReport, Progress
 from ..imaging.augment import augment_batch
 from ..imaging.resize import upsample_maps
@@ -82,18 +83,21 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
 
     torch.manual_seed(config.seed)
     np_rng = np.random.default_rng(config.seed)
-    aug_rng = np.random.default_rng([config.seed, 1])      # augmentation's own stream: shuffling stays as it was
+    # augmentation's own stream: shuffling stays as it was (and, under torchrun, each rank's own)
+    aug_rng = distributed.rank_rng(np.random.default_rng([config.seed, 1]), config.seed, 1)
     model = build_classifier({"width": config.width}).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     epochs = int(config.cls_epochs)
-    steps_per_epoch = max(1, int(np.ceil(len(t.train_idx) / config.batch_size)))
+    global_batch = config.batch_size * distributed.size()      # each rank trains on config.batch_size of it
+    steps_per_epoch = max(1, int(np.ceil(len(t.train_idx) / global_batch)))
     total_steps = epochs * steps_per_epoch
     # torch's OneCycleLR divides by zero when its warm-up is exactly one step (5 steps in all at 0.2): a budget
     # or a small data set lands there easily, so that one case warms up over a quarter instead
     pct_start = WARMUP_SHARE if abs(WARMUP_SHARE * total_steps - 1) > 1e-9 else 0.25
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
                                                 pct_start=pct_start)
-    step = TrainStep(model, opt, device, lambda logits, y: balanced_bce(logits, y, pos_fraction=pos_fraction),
+    step = TrainStep(distributed.wrap(model, device), opt, device,
+                     lambda logits, y: balanced_bce(logits, y, pos_fraction=pos_fraction),
                      augment=augment, scheduler=sched, what="classifier",
                      hint="Lower the learning rate, or check the images for corrupt values.")
     cam_shape = (int(np.ceil(images.shape[1] / STRIDE)), int(np.ceil(images.shape[2] / STRIDE)))
@@ -107,7 +111,7 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
         model.train()
         loss = 0.0
         for done, loss in _train_epoch(step, images_t, target_t, np_rng.permutation(t.train_idx), aug_rng,
-                                       config.batch_size, steps_per_epoch, epoch, cancel):
+                                       global_batch, steps_per_epoch, epoch, cancel):
             yield Progress("classifier", (epoch - 1) * steps_per_epoch + done, epochs * steps_per_epoch,
                            f"epoch {epoch}/{epochs}")
         calib = np_rng.permutation(t.train_idx)[:BN_CALIBRATION_SLICES]
@@ -129,11 +133,12 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
 
 def _train_epoch(step: TrainStep, images_t, target_t, order: np.ndarray, rng: np.random.Generator, batch_size: int,
                  steps: int, epoch: int, cancel: CancelToken):
-    """Generator over one epoch's batches: yields (batches done, mean loss so far over the slices seen)."""
+    """Generator over one epoch's batches: yields (batches done, mean loss so far over the slices seen, this
+    rank's). `batch_size` is the global batch: under torchrun each rank trains on its shard of it."""
     total_loss, n_seen = 0.0, 0
     for b in range(steps):
         cancel.raise_if_cancelled()
-        batch = order[b * batch_size:(b + 1) * batch_size]
+        batch = distributed.shard(order[b * batch_size:(b + 1) * batch_size])
         if len(batch) == 0:
             continue
         loss = step(images_t[batch][:, None], target_t[batch], rng=rng, where=f"at epoch {epoch}, batch {b + 1}")
@@ -146,7 +151,9 @@ def _fuse_epoch(model, images: np.ndarray, t: _Tracked, bank: FusionBank, device
     """CAMs of this epoch fused into `bank` for the tracked slices the classifier calls infected; the epoch's
     metrics on the labelled slices."""
     probs = np.zeros(len(images), dtype=np.float32)
-    p_eval, cams_eval = compute_cams(model, images[t.eval_idx], device, cancel=cancel)
+    # under torchrun each rank computes 1/N of the CAMs and all ranks get them all (each fuses the same bank)
+    p_eval, cams_eval = distributed.gather_rows(
+        len(t.eval_idx), lambda part: compute_cams(model, images[t.eval_idx[part]], device, cancel=cancel))
     probs[t.eval_idx] = p_eval
     eval_pos = {int(s): k for k, s in enumerate(t.eval_idx)}
     cams_track = cams_eval[[eval_pos[int(s)] for s in t.track_idx]] if len(t.track_idx) else cams_eval[:0]

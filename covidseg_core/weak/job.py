@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import Cancelled, InputError, TrainingError
 from ..events import CancelToken, Done, EpochReport, Message, Progress, relay
 from ..imaging.lung_model import compute_lung_fields
@@ -161,37 +162,52 @@ def classifier_mask(lungs: np.ndarray) -> np.ndarray:
 def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.ndarray, lungs: np.ndarray,
                         lungs_work: np.ndarray, fused: np.ndarray, cancel: CancelToken):
     """Generator: the pseudo mask and lung field of every labelled slice (and the CAM of the infected ones),
-    computed at the working size and written at the slice's own size. Returns counts and the masks."""
+    computed at the working size and written at the slice's own size. Returns counts and the masks.
+    Under torchrun each rank computes every N-th slice and sends its PNGs to rank 0, which writes them all."""
     native = tuple(slices.images.shape[1:])
     work_shape = tuple(work.shape[1:])
     infected_idx = slices.indices("infected")
     levels = study_clean_levels(slices, work, lungs_work, config)
-    masks = {}
-    n_fg = n_ignore = 0
-    todo = list(infected_idx) + list(slices.indices("clean"))
+    masks, theirs = {}, {}
+    everything = list(infected_idx) + list(slices.indices("clean"))
+    todo = distributed.my_share(everything)
     for step, i in enumerate(todo):
         if step % 16 == 0:
             cancel.raise_if_cancelled()
             yield Progress("pseudo", step, len(todo))
         name = slice_png_name(slices.ids[i])
+        pngs = []
         if slices.labels[i] == "infected":
             k = int(np.searchsorted(infected_idx, i))
             cam = upsample_maps(fused[k], work_shape)
             lung = lungs_work[i]
             mask = make_pseudo_mask(work[i], cam, lung, config, saliency=lung_saliency(work[i], lung),
                                     clean_level=levels.get(slices.groups[i], levels.get(None)))
-            run.write_png(run.cams_dir / name, np.round(to_shape(cam, native, nearest=False) * 255).astype(np.uint8))
+            pngs.append((run.cams_dir / name, np.round(to_shape(cam, native, nearest=False) * 255).astype(np.uint8)))
         else:
             mask = clean_pseudo_mask(work_shape)
         if config.write_lungs:
-            run.write_png(run.lungs_dir / name, lungs[i].astype(np.uint8) * 255)
+            pngs.append((run.lungs_dir / name, lungs[i].astype(np.uint8) * 255))
         mask = to_shape(mask, native, nearest=True)
-        n_fg += int((mask == 1).sum())
-        n_ignore += int((mask == 255).sum())
         masks[i] = mask
-        run.write_png(run.pseudo_dir / name, to_png_values(mask))
+        pngs.append((run.pseudo_dir / name, to_png_values(mask)))
+        if distributed.is_writer():
+            _write_pngs(run, pngs)
+        else:
+            theirs[i] = (pngs, mask)
+    for part in distributed.gather_to_writer(theirs)[1:]:
+        for i, (pngs, mask) in part.items():
+            _write_pngs(run, pngs)
+            masks[i] = mask
     yield Progress("pseudo", len(todo), len(todo))
-    return {"pseudo_masks": len(todo), "foreground_pixels": n_fg, "ignore_pixels": n_ignore, "masks": masks}
+    n_fg = sum(int((m == 1).sum()) for m in masks.values())
+    n_ignore = sum(int((m == 255).sum()) for m in masks.values())
+    return {"pseudo_masks": len(everything), "foreground_pixels": n_fg, "ignore_pixels": n_ignore, "masks": masks}
+
+
+def _write_pngs(run: RunFolder, pngs: list) -> None:
+    for path, array in pngs:
+        run.write_png(path, array)
 
 
 def study_clean_levels(slices, work: np.ndarray, lungs_work: np.ndarray, config: Stage1Config) -> dict:

@@ -1,0 +1,256 @@
+"""`covidseg train` under torchrun (covidseg_core/distributed.py, docs/distributed.md): the helpers, the one-process
+run left as it was, and real 2-process gloo jobs on the CPU (the tiny demo study, 8 slices of 64 px)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covidseg_core import distributed
+from covidseg_core.cli import main
+from covidseg_core.distributed import World
+from covidseg_core.errors import InputError
+from covidseg_core.events import drive
+from covidseg_core.pipeline import train_job
+from covidseg_core.runs import RunFolder
+from covidseg_core.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture
+def two_ranks(monkeypatch):
+    """This process as rank `r` of 2, for the pure helpers (no process group: they must not need one)."""
+    def as_rank(r: int) -> None:
+        monkeypatch.setattr(distributed, "_world", World(rank=r, size=2, local_rank=r, local_size=2))
+    return as_rank
+
+
+# --- the helpers ---------------------------------------------------------------------------------------------
+
+def test_torchrun_env_is_read_and_its_absence_is_one_process():
+    assert distributed.env_world({}) == World()
+    assert not distributed.launched({})
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert distributed.env_world(env) == World(3, 4, 1, 2)
+    assert distributed.launched(env)
+    assert not distributed.launched({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+
+
+def test_one_process_helpers_hand_back_their_input():
+    assert not distributed.active() and distributed.is_writer()
+    batch = np.arange(5)
+    x, y = torch.zeros(3, 1, 2, 2), torch.ones(3, 2, 2)
+    rng = np.random.default_rng(0)
+    model = torch.nn.Linear(2, 2)
+    assert distributed.shard(batch) is batch
+    assert distributed.shard_pair(x, y)[0] is x
+    assert distributed.rank_rng(rng, 1, 2) is rng
+    assert distributed.wrap(model, torch.device("cpu")) is model
+    assert distributed.broadcast(batch) is batch
+    assert distributed.gather_to_writer("mine") == ["mine"]
+    assert distributed.my_share([4, 5]) == [4, 5]
+    assert distributed.gather_rows(3, lambda idx: (idx * 2,))[0].tolist() == [0, 2, 4]
+    with distributed.session("cpu") as device:       # no torchrun env: no process group, the device unchanged
+        assert device == "cpu" and not distributed.active()
+
+
+def test_shards_cover_every_global_batch_with_equal_padded_parts(two_ranks):
+    batch = np.array([10, 11, 12, 13, 14])
+    parts = []
+    for r in (0, 1):
+        two_ranks(r)
+        parts.append(distributed.shard(batch))
+    assert [p.tolist() for p in parts] == [[10, 12, 14], [11, 13, 10]]     # padded with the batch's start
+    assert set(np.concatenate(parts)) == set(batch)
+    x, y = torch.arange(5.0)[:, None], torch.arange(5)
+    assert distributed.shard_pair(x, y)[1].tolist() == [1, 3, 0]
+    assert distributed.my_share(list("abcde")) == ["b", "d"]
+
+
+def test_each_rank_augments_from_its_own_stream(two_ranks):
+    shared = np.random.default_rng(0)
+    two_ranks(0)
+    a = distributed.rank_rng(shared, 7, 1).random(4)
+    two_ranks(1)
+    b = distributed.rank_rng(shared, 7, 1).random(4)
+    assert distributed.rank_rng(shared, 7, 1) is not shared and not np.allclose(a, b)
+
+
+def test_other_ranks_never_write_the_run_folder(two_ranks, tmp_path):
+    run = RunFolder(tmp_path / "run")
+    two_ranks(1)
+    run.create({"a": 1}, {}, "cpu")
+    assert not (tmp_path / "run").exists()
+    two_ranks(0)
+    run.create({"a": 1}, {}, "cpu")                 # rank 0 makes the run; rank 1 then finds it, and adds nothing
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    two_ranks(1)
+    run.write_json("plan.json", {"x": 1})
+    run.append_epoch({"stage": "segmenter", "epoch": 1})
+    run.drop_epochs_after("segmenter", 0)
+    run.forget_epochs()
+    run.save_checkpoint({"model": {}}, "last.pt")
+    run.save_classifier({"model": {}})
+    run.write_png(run.pseudo_dir / "a.png", np.zeros((4, 4), np.uint8))
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_nccl_without_cuda_is_a_clear_error():
+    world = World(0, 2, 0, 2)
+    with pytest.raises(InputError, match="NCCL needs CUDA"):
+        distributed.pick_backend("cpu", world, {"COVIDSEG_DIST_BACKEND": "nccl"})
+    with pytest.raises(InputError, match="needs CUDA"):
+        distributed.pick_backend("cuda", world, {})
+    assert distributed.pick_backend("auto", world, {}) == ("gloo", "cpu")
+
+
+def test_more_processes_per_node_than_gpus_is_a_clear_error():
+    with pytest.raises(InputError, match="4 processes per node.*2 CUDA GPU"):
+        distributed.pick_backend("cuda", World(0, 4, 0, 4), {}, cuda_available=True, gpu_count=2)
+    with pytest.raises(InputError, match="NCCL runs on CUDA GPUs only"):
+        distributed.pick_backend("cpu", World(0, 2, 0, 2), {"COVIDSEG_DIST_BACKEND": "nccl"},
+                                 cuda_available=True, gpu_count=2)
+    assert distributed.pick_backend("auto", World(1, 4, 1, 2), {}, cuda_available=True, gpu_count=2) == \
+        ("nccl", "cuda:1")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_the_command_under_torchrun_asking_for_nccl_without_cuda_exits_2(monkeypatch, tmp_path, capsys):
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "COVIDSEG_DIST_BACKEND": "nccl"}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "NCCL" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pseudo_refuses_torchrun(monkeypatch, tmp_path, capsys):
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["pseudo", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert "does not run under torchrun" in capsys.readouterr().err
+
+
+# --- one process: today's run --------------------------------------------------------------------------------
+
+def tiny() -> TrainConfig:
+    return TrainConfig(size=None, cls_epochs=1, seg_epochs=2, base=8, batch_size=4, lr=5e-3)
+
+
+@pytest.fixture(scope="module")
+def demo8(tmp_path_factory) -> Path:
+    from covidseg_core.demo import write_demo
+
+    out = tmp_path_factory.mktemp("demo8") / "study"
+    write_demo(out, n_slices=8, size=64)
+    return out
+
+
+@pytest.mark.slow
+def test_torchrun_with_one_process_trains_exactly_the_plain_run(demo8, tmp_path, monkeypatch):
+    """torchrun --nproc-per-node 1 (WORLD_SIZE=1) is the plain run: same weights, bit for bit. (That the plain run
+    is the one before distributed.py was checked by hand against f4658ca: same best.pt, last.pt, classifier.pt
+    and pseudo/cams/lungs PNGs.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # two threads on a busy 2-core machine took 4x longer than one
+    try:
+        drive(train_job(demo8, tmp_path / "plain", tiny(), device="cpu"))
+        for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+            monkeypatch.setenv(k, v)
+        with distributed.session("cpu") as device:
+            assert not distributed.active()
+            drive(train_job(demo8, tmp_path / "one", tiny(), device=device))
+    finally:
+        torch.set_num_threads(threads)
+    a = RunFolder(tmp_path / "plain").load_checkpoint("best.pt")["model"]
+    b = RunFolder(tmp_path / "one").load_checkpoint("best.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- real 2-process jobs (gloo, CPU) -------------------------------------------------------------------------
+
+needs_gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+TRAIN = ["train", "--device", "cpu", "--size", "64", "--cls-epochs", "1", "--seg-epochs", "2", "--seed", "0"]
+# a budget too small for more than a few epochs: rank 0 measures the speed probes alone and broadcasts the plan
+BUDGETED = ["train", "--device", "cpu", "--size", "64", "--budget", "0.2", "--seed", "0"]
+
+
+def _command(cmd: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
+    # one thread per process, as torchrun sets it: a one-process run in this test then runs like each rank
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def _torchrun(entry: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    return _command(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *entry, *args])
+
+
+def _files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(demo8, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    done = _torchrun(["-m", "covidseg_core"], [*BUDGETED, "--data", str(demo8), "--out", str(run)])
+    return run, done
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_two_processes_write_one_run_like_a_one_process_run(two_process_run, demo8, tmp_path):
+    run, done = two_process_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)          # rank 0 alone printed: one JSON object on stdout
+    assert result["complete"] and result["stage1"]["counts"]["pseudo_masks"] == 8
+    plan = RunFolder(run).read_json("plan.json")
+    assert plan["stage1"]["how"] == plan["stage2"]["how"] == "budget"
+    n_cls, n_seg = plan["stage1"]["epochs"], plan["stage2"]["epochs"]
+    rows = RunFolder(run).read_epochs()           # every epoch once, as the plan both ranks trained to says
+    assert [(r["stage"], r["epoch"]) for r in rows] == \
+        [("classifier", e) for e in range(1, n_cls + 1)] + [("segmenter", e) for e in range(1, n_seg + 1)]
+    assert done.stderr.count(f"[segmenter] epoch {n_seg}/{n_seg}") == 1          # progress from rank 0 only
+    # the same layout as a one-process run (fixed epochs: it is the layout compared, and a budget costs more here)
+    one = _command(["-m", "covidseg_core", "--quiet", *TRAIN, "--data", str(demo8), "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert _files(run) == _files(tmp_path / "one")
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_a_two_process_checkpoint_opens_in_predict_on_the_cpu(two_process_run, demo8, tmp_path):
+    run, done = two_process_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = RunFolder(run).load_checkpoint("best.pt")["model"]
+    assert state and not any(k.startswith("module.") for k in state)      # DDP's prefix stays out
+    assert main(["--quiet", "predict", "--run", str(run), "--input", str(demo8 / "images"),
+                 "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 8
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_job_and_the_same_command_resumes(demo8, tmp_path):
+    args = [*TRAIN, "--data", str(demo8), "--out", str(tmp_path / "run")]
+    started = time.monotonic()
+    failed = _torchrun([str(ROOT / "tests" / "helpers" / "failing_rank.py")], args)
+    assert failed.returncode != 0
+    assert "covidseg (rank 1): error: forced failure of rank 1 (test)" in failed.stderr
+    assert time.monotonic() - started < 120                                  # ended, not hung
+    assert RunFolder(tmp_path / "run").load_checkpoint("last.pt")["epoch"] == 1
+    resumed = _torchrun(["-m", "covidseg_core"], args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the segmenter from epoch 1 of 2" in resumed.stderr
+    rows = RunFolder(tmp_path / "run").read_epochs("segmenter")
+    assert [r["epoch"] for r in rows] == [1, 2]
