@@ -92,8 +92,9 @@ def relocate_study(project, source_id: str, path: str | Path) -> Study:
                          f"{KIND_TEXT.get(record.get('kind'), record.get('kind'))}.",
                          "Choose the file or folder the study was moved to.")
     other = project.find_source(path, record.get("series_uid"))
-    if other not in (None, source_id):       # another study of the project: relocate_source raises, before any read
-        project.relocate_source(source_id, path)
+    if other not in (None, source_id):       # said before anything is read
+        raise InputError(f"{path} is already in the project, as the study {other}.",
+                         "Choose the place the missing study was moved to.")
     study = open_study(path, series_uid=record.get("series_uid"))
     uid = record.get("series_uid")
     if uid and study.meta.get("series_uid") not in (None, uid):

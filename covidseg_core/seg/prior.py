@@ -52,8 +52,6 @@ def _quantize(state: dict) -> dict:
 
 
 def _dequantize(stored: dict) -> dict:
-    import torch
-
     state = {}
     for k, v in stored.items():
         if k.endswith(QUANT_SUFFIX):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..constants import BACKGROUND, FOREGROUND, IGNORE, PNG_FOREGROUND, PNG_IGNORE
 from ..imaging.lungs import lung_saliency
