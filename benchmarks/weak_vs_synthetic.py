@@ -49,7 +49,7 @@ ROWS = {
     "off": "slice labels: CAM pseudo masks (--synthetic off, the paper's method)",
     "only": "label-free: synthetic lesions on clean slices (--synthetic only)",
     "auto": "slice labels + synthetic lesions (--synthetic auto, the default)",
-    "pixel10": "auto + ground-truth pixel masks of 10 % of the training slices (corrections)",
+    "pixel10": "the default mode + ground-truth pixel masks of 10 % of the training slices (corrections)",
 }
 
 
@@ -80,7 +80,8 @@ class Bench:
         size = {"size": self.args.size} if self.args.size else {}
         size |= {"crop": self.args.crop} if self.args.crop else {}
         init = {"init": str(self.args.init)} if self.args.init and "init" not in kw else {}
-        return TrainConfig(seed=seed, budget_minutes=self.args.budget, **size, **init, **kw)
+        lr = {"lr": self.args.lr} if self.args.lr else {}
+        return TrainConfig(seed=seed, budget_minutes=self.args.budget, **size, **init, **lr, **kw)
 
     def run(self, row: str, seed: int) -> dict:
         key = f"{row}-s{seed}"
@@ -92,7 +93,7 @@ class Bench:
             metrics = drive(train_on_targets(self.train, self.train.gt_masks.astype(np.uint8), folder,
                                              self.cfg(seed, synthetic="off"), note="ground truth"), _log)
         else:
-            kw = {"synthetic": "auto" if row == "pixel10" else row}
+            kw = {"synthetic": TrainConfig.synthetic if row == "pixel10" else row}   # pixel10: the default mode
             if row == "pixel10":
                 kw["pixel_labels"] = str(self._pixel_masks(seed))
             metrics = drive(train_job(self.args.data, folder, self.cfg(seed, **kw), slices=self.train), _log)
@@ -182,8 +183,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=None, help="working size (default: the planner's choice)")
     p.add_argument("--crop", type=int, default=None, help="train the segmenter on random crops of this side "
                    "(foreground-biased; prediction stays whole-slice)")
-    p.add_argument("--init", default=None, help="segmenter start for the weak rows: prior (the shipped one), none, "
-                   "or a prior file; for unseen-volume rows use a prior trained on the training volumes only")
+    p.add_argument("--init", default=None, help="segmenter start for every row (the ceiling too): prior (the shipped "
+                   "one, when the run's network and size fit), none, or a prior file; for unseen-volume rows use a "
+                   "prior trained on the training volumes only")
+    p.add_argument("--lr", type=float, default=None, help="segmenter peak learning rate (default: TrainConfig's)")
     p.add_argument("--app-volumes", default="c01,c06,r02")
     p.add_argument("--report", type=Path, default=None, help="write the markdown tables here too")
     args = p.parse_args(argv)

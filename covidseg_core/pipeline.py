@@ -366,7 +366,7 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
     """Generator job: the segmenter alone on given per-slice targets (n, H, W) 0/1/255, into run folder `out`
     (resumable like train_job, sized like its stage 2: a budget goes to the segmenter whole). For full
     supervision on reviewed masks, benchmarks and self-training rounds. `always_train` (bool per slice) keeps
-    those slices out of the validation split."""
+    those slices out of the validation split. The segmenter starts where train_job's does (cfg.init)."""
     started = clock()
     cancel = cancel or CancelToken()
     dev = resolve_device(device)
@@ -388,7 +388,9 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
                                           always_train)
     seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, budget.plan.size)
     yield from budget.plan_stage2(seg_data, cfg, dev, cancel, 0)
-    summary = yield from relay(train_segmenter(seg_data, budget.resolved(cfg), run, dev, cancel), budget.with_eta)
+    resolved = budget.resolved(cfg)
+    init_state = yield from _segmenter_start(resolved)     # the same start as train_job's segmenter
+    summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state), budget.with_eta)
     metrics = {"complete": True, "device": str(dev), "targets": note, "segmenter": summary,
                "plan": budget.summary(None, budget.elapsed())}
     run.write_json(METRICS_NAME, metrics)

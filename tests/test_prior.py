@@ -2,10 +2,16 @@
 the weights that were saved, used only by a run whose network and size fit, and a damaged file is a note."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from covidseg_core.data import load_slice_set
+from covidseg_core.events import Message, drive
 from covidseg_core.models.segmenter import build_from_spec
+from covidseg_core.pipeline import train_on_targets
+from covidseg_core.runs import BEST, RunFolder
 from covidseg_core.seg.prior import default_prior_path, matching_prior, read_prior, save_prior
+from covidseg_core.train_config import TrainConfig
 
 SPEC = {"name": "light", "in_ch": 1, "options": {"base": 8}}
 
@@ -55,3 +61,23 @@ def test_a_damaged_or_missing_prior_is_a_random_start_with_a_note(tmp_path):
 def test_the_shipped_prior_fits_a_budgeted_cpu_run():
     state, note = matching_prior({"name": "light", "in_ch": 1, "options": {"base": 16}}, 128, default_prior_path())
     assert state is not None, note
+
+
+def test_training_on_given_targets_starts_where_train_job_starts(small_demo, tmp_path, one_torch_thread):
+    """Full supervision (the ceiling row, reviewed masks) starts from the prior too, unless told `init=none`:
+    at learning rate 0 the trained weights are the prior's."""
+    torch.manual_seed(3)
+    prior = tmp_path / "prior.safetensors"
+    save_prior(prior, build_from_spec(SPEC).state_dict(), SPEC, 64, {})
+    expected = read_prior(prior)[0]
+    slices = load_slice_set(small_demo)
+    targets = slices.gt_masks.astype(np.uint8)
+    for init in (str(prior), "none"):
+        cfg = TrainConfig(size=64, seg_epochs=1, base=8, batch_size=4, lr=0.0, budget_minutes=0, init=init)
+        notes = []
+        drive(train_on_targets(slices, targets, tmp_path / init[-4:], cfg, device="cpu"),
+              lambda e: notes.append(e.text) if isinstance(e, Message) else None)
+        weights = RunFolder(tmp_path / init[-4:]).load_checkpoint(BEST)["model"]
+        same = all(torch.allclose(weights[k], expected[k]) for k in expected if expected[k].dim() >= 2)
+        assert same == (init != "none")
+        assert any("label-free prior" in n for n in notes) == (init != "none")
