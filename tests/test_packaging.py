@@ -55,6 +55,34 @@ def test_spec_compiles_and_names_files_that_exist():
         assert needle in text, needle
 
 
+def _lazily_imported_packages() -> set[str]:
+    """Third-party packages that covidseg_core or app import only inside functions (PyInstaller's analysis of
+    module-level imports does not see them)."""
+    import ast
+
+    lazy, top = set(), set()
+    for f in [*(ROOT / "covidseg_core").rglob("*.py"), *(ROOT / "app").rglob("*.py")]:
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        inner = [n for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef) for n in ast.walk(fn)]
+        for names, nodes in ((lazy, inner), (top, tree.body)):
+            for n in nodes:
+                if isinstance(n, ast.Import):
+                    names.update(a.name.split(".")[0] for a in n.names)
+                elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+                    names.add(n.module.split(".")[0])
+    return lazy - top - set(sys.stdlib_module_names)
+
+
+def test_spec_bundles_what_the_code_imports_lazily():
+    text = SPEC.read_text(encoding="utf-8")
+    excludes = text[text.index("excludes = ["):].split("]", 1)[0]
+    lazy = _lazily_imported_packages()
+    assert {"matplotlib", "onnxruntime", "highdicom"} <= lazy        # the detector itself works
+    for package in lazy:
+        assert f'"{package}' in text, f"{package} is imported lazily but the spec does not name it"
+        assert f'"{package}"' not in excludes, f"the spec excludes {package}, which the code imports"
+
+
 def test_packaging_folder_does_not_shadow_the_packaging_library():
     assert not (PACKAGING / "__init__.py").exists()
 
