@@ -6,6 +6,7 @@ FUSION_MODES = ("avg", "max", "none")       # attention fusion of the per-epoch 
 DEVICES = ("auto", "cpu", "cuda")           # where training and prediction run (infer/device.py)
 LUNG_METHODS = ("model", "threshold")       # lung field: learned (imaging/lung_model.py) or by threshold
 SYNTHETIC_MODES = ("auto", "off", "only")   # synthetic lesions in stage 2 (synth/): with pseudo masks, none, alone
+PSEUDO_CUES = ("prior", "cam")        # where an infected slice's pseudo mask comes from (weak/prior_cue.py)
 
 # Masks in memory: 0 background, 1 infection, 255 ignore (no loss in stage 2)
 BACKGROUND, FOREGROUND, IGNORE = 0, 1, 255

@@ -5,7 +5,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..constants import FUSION_MODES, LUNG_METHODS, SYNTHETIC_MODES
+from ..constants import FUSION_MODES, LUNG_METHODS, PSEUDO_CUES, SYNTHETIC_MODES
 from .output import print_json, run_job
 
 
@@ -125,7 +125,7 @@ def cmd_pseudo(args) -> int:
     cfg = _train_config(args, seg=False)
     _refuse_torchrun("pseudo")
     slices = load_slice_set(args.data, args.labels)
-    metrics = run_job(pseudo_job(slices, args.out, cfg, device=args.device), quiet=args.quiet)
+    metrics = run_job(pseudo_job(slices, args.out, cfg, device=args.device, cue=args.cue), quiet=args.quiet)
     print_json({"run": str(args.out), **(metrics or {})})
     return 0
 
@@ -137,6 +137,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="train the classifier for about MINUTES in all, pseudo masks included (measured on its "
                    "first epoch, at size 128 on a CPU unless --size is given; --cls-epochs wins). Default: no "
                    "budget, the fixed 30 epochs at size 256")
+    p.add_argument("--cue", choices=PSEUDO_CUES, default="prior",
+                   help="where an infected slice's pseudo mask comes from: prior (default) = the label-free "
+                   "segmenter prior shipped with covidseg, inside the lung field; cam = the fused CAM and the "
+                   "density cue (the paper's method, what `train --synthetic off` uses)")
     p.set_defaults(func=cmd_pseudo)
 
     t = sub.add_parser("train", help="labels -> classifier -> fused CAMs -> pseudo masks -> segmenter "

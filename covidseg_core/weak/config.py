@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError, LabelError
-from ..constants import LUNG_METHODS
+from ..constants import LUNG_METHODS, PSEUDO_CUES
 from .cam import check_fusion
 from .pseudo_masks import PseudoMaskParams
 
@@ -31,6 +31,8 @@ class Stage1Config(PseudoMaskParams):
     preview_ids: list[str] = field(default_factory=list)   # slices whose maps each EpochReport carries
     n_preview: int = 4                # when preview_ids is empty: this many infected slices, evenly spread
     write_lungs: bool = True
+    cue: str = "cam"                  # what makes an infected slice's pseudo mask: "cam" (fused CAM + density, the
+                                      # paper's method) or "prior" (the label-free prior, weak/prior_cue.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -38,6 +40,8 @@ class Stage1Config(PseudoMaskParams):
 
 def check_inputs(slices, config: Stage1Config) -> None:
     check_fusion(config.fusion)
+    if config.cue not in PSEUDO_CUES:
+        raise InputError(f"Unknown pseudo-mask cue '{config.cue}'.", f"Use {' or '.join(PSEUDO_CUES)}.")
     if config.lung_method not in LUNG_METHODS:
         raise InputError(f"Unknown lung-field method '{config.lung_method}'.", f"Use {' or '.join(LUNG_METHODS)}.")
     if config.clean_quantile is not None and not 0.0 < float(config.clean_quantile) < 1.0:

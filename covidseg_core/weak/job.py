@@ -4,7 +4,8 @@ What it writes (paths owned by runs.RunFolder): RUN/config.json only when RUN is
 already has one); RUN/stage1_config.json; RUN/epochs.jsonl, one line per classifier epoch (when this job made
 RUN, or when asked to: `train` and `pseudo` do; a re-run replaces the lines of an interrupted attempt);
 RUN/classifier.pt after the last epoch; RUN/cams/ (infected slices), RUN/lungs/ and RUN/pseudo/ per labelled
-slice (pseudo: 0 background, 255 infection, 127 ignore; clean slices all background); RUN/metrics.json with status
+slice (pseudo: 0 background, 255 infection, 127 ignore; clean slices all background; an infected slice's from the
+CAM, or from the label-free prior with config.cue "prior", weak/prior_cue.py); RUN/metrics.json with status
 "complete", counts, classifier accuracy/AUC and (when ground truth exists) pseudo-mask agreement, or status
 "failed"/"cancelled" with the reason.
 
@@ -34,6 +35,7 @@ from ..runs import METRICS_NAME, STAGE1_CONFIG_NAME, RunFolder, slice_png_name
 from .cam import check_fusion
 from .classifier_training import train_classifier
 from .config import Stage1Config, check_inputs
+from .prior_cue import prior_maps, prior_pseudo_mask
 from .pseudo_masks import clean_density_level, clean_pseudo_mask, make_pseudo_mask, to_png_values
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,12 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
     masks, theirs = {}, {}
     everything = list(infected_idx) + list(slices.indices("clean"))
     todo = distributed.my_share(everything)
+    prior = None
+    if config.cue == "prior":
+        mine = [i for i in todo if slices.labels[i] == "infected"]
+        maps, note = prior_maps(slices.images[mine], resolve_device(config.device))
+        yield Message(note, "warning" if maps is None else "info")
+        prior = None if maps is None else dict(zip(mine, maps))
     for step, i in enumerate(todo):
         if step % 16 == 0:
             cancel.raise_if_cancelled()
@@ -181,8 +189,11 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
             k = int(np.searchsorted(infected_idx, i))
             cam = upsample_maps(fused[k], work_shape)
             lung = lungs_work[i]
-            mask = make_pseudo_mask(work[i], cam, lung, config, saliency=lung_saliency(work[i], lung),
-                                    clean_level=levels.get(slices.groups[i], levels.get(None)))
+            if prior is None:
+                mask = make_pseudo_mask(work[i], cam, lung, config, saliency=lung_saliency(work[i], lung),
+                                        clean_level=levels.get(slices.groups[i], levels.get(None)))
+            else:          # at the slice's own size, where the prior predicted and the lung field was found
+                mask = prior_pseudo_mask(prior[i], lungs[i], config.min_component_frac)
             pngs.append((run.cams_dir / name, np.round(to_shape(cam, native, nearest=False) * 255).astype(np.uint8)))
         else:
             mask = clean_pseudo_mask(work_shape)
