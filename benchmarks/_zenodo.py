@@ -1,6 +1,7 @@
 """What the zenodo-dev benchmarks share: the volume split and how a run is scored on held-out slices."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from covidseg_core.results.metrics import summarize
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "zenodo-dev"
 TRAIN_VOLUMES = ("c01", "c02", "c03", "c04", "c05")
 TEST_VOLUMES = ("c06", "c07", "r01", "r02", "r03")
+
+
+def parse_args(parser, argv=None):
+    """The benchmark's options with logging set up; exits with status 2 and a one-line log when --data (zenodo-dev,
+    default DATA) is missing."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not args.data.is_dir():
+        logging.getLogger("bench").error("zenodo-dev not found at %s (it lives in ../shared/data)", args.data)
+        raise SystemExit(2)
+    return args
 
 
 def split(slices):

@@ -31,7 +31,7 @@ from covidseg_core.results.metrics import roc_auc  # noqa: E402
 from covidseg_core.weak.config import Stage1Config  # noqa: E402
 from covidseg_core.weak.job import run_stage1  # noqa: E402
 from covidseg_core.weak.scoring import classifier_probabilities  # noqa: E402
-from _zenodo import DATA, TEST_VOLUMES, split  # noqa: E402
+from _zenodo import DATA, TEST_VOLUMES, parse_args, split  # noqa: E402
 
 log = logging.getLogger("bench")
 VARIANTS = {
@@ -49,11 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.data.is_dir():
-        log.error("zenodo-dev not found at %s", args.data)
-        return 2
+    args = parse_args(p, argv)
     train, test = split(load_slice_set(args.data))
     y_train = np.array([lab == "infected" for lab in train.labels])
     y_test = np.array([lab == "infected" for lab in test.labels])

@@ -36,7 +36,7 @@ from covidseg_core.weak.config import Stage1Config  # noqa: E402
 from covidseg_core.weak.job import labelled_lung_fields  # noqa: E402
 from covidseg_core.weak.prior_cue import prior_maps, prior_pseudo_mask  # noqa: E402
 from covidseg_core.weak.pseudo_masks import from_png_values  # noqa: E402
-from _zenodo import DATA, split  # noqa: E402
+from _zenodo import DATA, parse_args, split  # noqa: E402
 
 log = logging.getLogger("bench")
 KEYS = ("dice_mean", "dice_pooled", "sensitivity_mean", "specificity_mean")
@@ -76,11 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--cam-run", type=Path, default=None, help="a train run on c01-c05 whose pseudo/ holds CAM masks")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.data.is_dir():
-        log.error("zenodo-dev not found at %s (it lives in ../shared/data)", args.data)
-        return 2
+    args = parse_args(p, argv)
     train, test = split(load_slice_set(args.data))
     results = {"training volumes c01-c05": rows_for(train, args.cam_run),
                "unseen volumes c06, c07, r01-r03": rows_for(test, None)}

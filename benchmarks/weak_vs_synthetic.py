@@ -38,7 +38,7 @@ from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
 from covidseg_core.results.metrics import roc_auc  # noqa: E402
 from covidseg_core.train_config import TrainConfig  # noqa: E402
 from covidseg_core.weak.scoring import classifier_probabilities  # noqa: E402
-from _zenodo import DATA, TEST_VOLUMES, scores, split  # noqa: E402
+from _zenodo import DATA, TEST_VOLUMES, parse_args, scores, split  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -48,7 +48,7 @@ ROWS = {
     "ceiling": "ground-truth masks of the training volumes (full supervision, the ceiling)",
     "off": "slice labels: CAM pseudo masks (--synthetic off, the paper's method)",
     "only": "label-free: synthetic lesions on clean slices (--synthetic only)",
-    "auto": "slice labels + synthetic lesions (--synthetic auto, the default)",
+    "auto": "slice labels + synthetic lesions (--synthetic auto)",
     "pixel10": "the default mode + ground-truth pixel masks of 10 % of the training slices (corrections)",
 }
 
@@ -189,11 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=None, help="segmenter peak learning rate (default: TrainConfig's)")
     p.add_argument("--app-volumes", default="c01,c06,r02")
     p.add_argument("--report", type=Path, default=None, help="write the markdown tables here too")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.data.is_dir():
-        log.error("zenodo-dev not found at %s (it lives in ../shared/data)", args.data)
-        return 2
+    args = parse_args(p, argv)
     bench = Bench(args)
     rows = [r for r in args.rows.split(",") if r and r != "app"]
     app_volumes = args.app_volumes.split(",") if "app" in args.rows.split(",") else []
