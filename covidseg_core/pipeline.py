@@ -174,13 +174,12 @@ class _Budget:
 
 # --- the whole job -----------------------------------------------------------------------------------------
 
-def stage1_config(cfg: TrainConfig, device: torch.device) -> Stage1Config:
-    """The stage-1 options of a `train` run (cfg as the plan resolved it). The paper's method (`--synthetic off`)
-    keeps its CAM pseudo masks; the other modes take the infected slices' pseudo masks from the label-free prior
-    (weak/prior_cue.py: Dice 0.53 against the CAM's 0.27 on zenodo-dev c01-c05)."""
+def stage1_config(cfg: TrainConfig, device: torch.device, cue: str | None = None) -> Stage1Config:
+    """The stage-1 options of a `train` run (cfg as the plan resolved it): the paper's method (`--synthetic off`)
+    keeps its CAM pseudo masks, the other modes take the label-free prior's (weak/prior_cue.py)."""
     return Stage1Config(fusion=cfg.fusion, size=cfg.size, cls_epochs=cfg.cls_epochs, seed=cfg.seed,
                         device=str(device.type), lung_method=cfg.lung_method,
-                        cue="cam" if cfg.synthetic == "off" else "prior")
+                        cue=cue or ("cam" if cfg.synthetic == "off" else "prior"))
 
 
 def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.device, cancel: CancelToken,
@@ -201,8 +200,8 @@ def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", 
                clock=time.monotonic, cue: str | None = None):
     """Generator job for `covidseg pseudo`: stage 1 alone (weak/job.run_stage1). Without --budget it is the fixed
     schedule (30 epochs at size 256, or what cfg gives); with one, stage 1 gets the whole budget, planned and
-    recorded in RUN/plan.json like a train run's (and reused when the same command runs again). `cue`: where the
-    infected slices' pseudo masks come from ("prior" or "cam"; None: as a train run with cfg would take them)."""
+    recorded in RUN/plan.json like a train run's (and reused when the same command runs again). `cue`: prior | cam
+    (None: as a train run with cfg would take it)."""
     started = clock()
     cancel = cancel or CancelToken()
     dev = resolve_device(device)
@@ -229,8 +228,7 @@ def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", 
             written[0] = True
         if isinstance(event, Progress):
             event.eta_s = eta.eta(event.stage, event.done, event.total)
-    s1 = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=plan.stage1["epochs"]), dev)
-    s1 = dataclasses.replace(s1, cue=cue or s1.cue)
+    s1 = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=plan.stage1["epochs"]), dev, cue)
     metrics = yield from relay(run_stage1(slices, run.path, s1, cancel, log_epochs=True), record_and_eta)
     metrics = {**(metrics or {}), "plan": {**plan.to_dict(), "actual_s": {"total": round(clock() - started, 1)}}}
     run.write_json(METRICS_NAME, metrics)

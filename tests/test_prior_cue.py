@@ -65,7 +65,7 @@ def test_stage1_takes_the_infected_slices_masks_from_the_prior(small_demo, tmp_p
 def test_a_damaged_prior_falls_back_to_the_cam_with_a_warning(small_demo, tmp_path, monkeypatch):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not weights")
-    monkeypatch.setattr("covidseg_core.seg.prior.default_prior_path", lambda: bad)
+    monkeypatch.setattr("covidseg_core.infer.prior_model.default_prior_path", lambda: bad)
     slices = load_slice_set(small_demo)
     events = []
     drive(run_stage1(slices, tmp_path / "prior", Stage1Config(cue="prior", **STAGE1)), events.append)

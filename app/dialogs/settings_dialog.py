@@ -23,7 +23,7 @@ def defaults() -> dict:
 FUSION_TEXT = {"avg": "average (the paper's choice)", "max": "maximum (OAA)", "none": "none (plain CAM of the last "
                                                                                          "epoch)"}
 SYNTHETIC_TEXT = {"only": "synthetic lesions on clean slices (recommended: best on unseen patients)",
-                  "auto": "synthetic lesions + the attention maps' pseudo masks",
+                  "auto": "synthetic lesions + pseudo masks of the infected slices (label-free prior)",
                   "off": "attention maps' pseudo masks only (the paper's method)"}
 DEVICE_TEXT = {"auto": "automatic (GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 LENGTH_TEXT = {"auto": f"automatic (GPU: full schedule; CPU: about {DEFAULT_CPU_BUDGET_MIN:g} min)",

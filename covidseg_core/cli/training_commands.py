@@ -154,9 +154,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         help="the fixed schedule on any device (same as --budget 0)")
     t.add_argument("--synthetic", choices=SYNTHETIC_MODES, default=None,
                    help="synthetic lesions drawn on the clean slices, with exact masks: only (default, best on unseen "
-                   "patients) trains on them and the clean slices; auto also uses the CAM pseudo masks of the "
-                   "infected slices; off is the paper's method (pseudo masks only). Without a clean slice: off, with "
-                   "a note")
+                   "patients) trains on them and the clean slices; auto also uses the pseudo masks the label-free "
+                   "prior makes of the infected slices; off is the paper's method (CAM pseudo masks only). Without a "
+                   "clean slice: off, with a note")
     t.add_argument("--init", default=None, metavar="prior|none|FILE",
                    help="where the segmenter starts: prior (default) = the label-free prior shipped with covidseg "
                    "(trained on synthetic lesions only) when it fits the run's network and size, else random "

@@ -1,9 +1,10 @@
 """The synthetic supply of one training run: its study's clean slices, their lung fields, lesion levels
 calibrated on its infected slices, and how much of stage 2 it makes up.
 
-`--synthetic auto` mixes the pairs (half of every epoch) with the study's own targets (the CAM pseudo masks of
-its infected slices, the all-background clean slices, the user's pixel masks); `only` trains on synthetic pairs
-and clean slices (plus the user's pixel masks), without the pseudo masks; `off` is the paper's method. A study
+`--synthetic auto` mixes the pairs (half of every epoch) with the study's own targets (the pseudo masks the
+label-free prior makes of its infected slices, weak/prior_cue.py; the all-background clean slices; the user's
+pixel masks); `only` trains on synthetic pairs and clean slices (plus the user's pixel masks), without the pseudo
+masks; `off` is the paper's method (CAM pseudo masks). A study
 without a usable clean slice falls back to `off` with a note, never an error.
 """
 from __future__ import annotations

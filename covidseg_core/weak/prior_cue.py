@@ -14,16 +14,12 @@ For an `infected` slice:
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
 from ..constants import BACKGROUND, FOREGROUND, IGNORE
 from ..events import drive
 from .pseudo_masks import remove_small_components
-
-log = logging.getLogger(__name__)
 
 FG_PROBABILITY = 0.5        # the product's own decision threshold (infer/predict.py THRESHOLD)
 IGNORE_PROBABILITY = 0.25
@@ -36,27 +32,18 @@ def prior_maps(images01: np.ndarray, device: torch.device) -> tuple[np.ndarray |
     """(the prior's probabilities as uint8 (n, H, W) = round(255 p), at the images' own size, or None when the
     prior cannot be used; a note saying which). The prior predicts at the working size it was trained at,
     whatever the run's size."""
-    from ..infer.model import LoadedModel
     from ..infer.predict import predict_probabilities
-    from ..models.segmenter import build_from_spec
-    from ..seg.prior import default_prior_path, read_prior
+    from ..infer.prior_model import load_prior_model
 
-    path = default_prior_path()
-    try:
-        state, meta = read_prior(path)
-        model = build_from_spec(meta["spec"])
-        model.load_state_dict(state)
-    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-        return None, f"the label-free prior could not be read ({exc}): pseudo masks come from the CAM"
-    model.to(device).eval()
-    lm = LoadedModel(model=model, size=int(meta["size"]), device=device, run=path.parent, epoch=0,
-                     precision="fp32")
+    lm, note = load_prior_model(device)
+    if lm is None:
+        return None, f"{note}: pseudo masks come from the CAM"
     images01 = np.asarray(images01, dtype=np.float32)
     maps = np.zeros(images01.shape, np.uint8)
     for start in range(0, len(images01), CHUNK):
         prob = drive(predict_probabilities(lm, images01[start:start + CHUNK], stage="pseudo"))
         maps[start:start + CHUNK] = np.round(prob * 255).astype(np.uint8)
-    return maps, f"pseudo masks of the infected slices from the label-free prior ({path.name})"
+    return maps, f"pseudo masks of the infected slices from {note}"
 
 
 def prior_pseudo_mask(prob: np.ndarray, lung: np.ndarray, min_component_frac: float = 0.0) -> np.ndarray:
