@@ -127,7 +127,8 @@ class Bench:
             return self.results[key]
         study = self.all.subset(np.flatnonzero(self.vols == volume))
         t0 = time.monotonic()
-        metrics = drive(train_job(self.args.data, self.out / key, self.cfg(seed), slices=study),
+        mode = {"synthetic": self.args.app_synthetic} if self.args.app_synthetic else {}
+        metrics = drive(train_job(self.args.data, self.out / key, self.cfg(seed, **mode), slices=study),
                         _log)
         value = {"row": "app", "volume": volume, "seed": seed, "own_slices": scores(self.out / key, study),
                  "seconds": round(time.monotonic() - t0, 1), "plan": metrics.get("plan")}
@@ -188,6 +189,8 @@ def main(argv=None) -> int:
                    "prior trained on the training volumes only")
     p.add_argument("--lr", type=float, default=None, help="segmenter peak learning rate (default: TrainConfig's)")
     p.add_argument("--app-volumes", default="c01,c06,r02")
+    p.add_argument("--app-synthetic", choices=("only", "auto", "off"), default=None,
+                   help="--synthetic of the app rows (default: TrainConfig's); use another --out per mode")
     p.add_argument("--report", type=Path, default=None, help="write the markdown tables here too")
     args = parse_args(p, argv)
     bench = Bench(args)
