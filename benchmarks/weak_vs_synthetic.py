@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from covidseg_core.data import load_slice_set  # noqa: E402
+from covidseg_core.constants import SYNTHETIC_MODES  # noqa: E402
 from covidseg_core.events import EpochReport, Message, drive  # noqa: E402
 from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
 from covidseg_core.results.metrics import roc_auc  # noqa: E402
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
                    "prior trained on the training volumes only")
     p.add_argument("--lr", type=float, default=None, help="segmenter peak learning rate (default: TrainConfig's)")
     p.add_argument("--app-volumes", default="c01,c06,r02")
-    p.add_argument("--app-synthetic", choices=("only", "auto", "off"), default=None,
+    p.add_argument("--app-synthetic", choices=SYNTHETIC_MODES, default=None,
                    help="--synthetic of the app rows (default: TrainConfig's); use another --out per mode")
     p.add_argument("--report", type=Path, default=None, help="write the markdown tables here too")
     args = parse_args(p, argv)

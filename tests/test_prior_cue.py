@@ -42,6 +42,9 @@ def test_mask_rule_keeps_inside_the_lung_with_an_uncertain_rim():
     assert out[0, 19] == BACKGROUND
     as_uint8 = prior_pseudo_mask(np.round(prob * 255).astype(np.uint8), lung, min_component_frac=0.02)
     assert np.array_equal(as_uint8, out)
+    from covidseg_core.infer.predict import THRESHOLD
+    from covidseg_core.weak.prior_cue import FG_PROBABILITY
+    assert FG_PROBABILITY == THRESHOLD          # pseudo masks and predictions cut the probability at one place
 
 
 def test_stage1_takes_the_infected_slices_masks_from_the_prior(small_demo, tmp_path):

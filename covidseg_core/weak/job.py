@@ -169,7 +169,6 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
     native = tuple(slices.images.shape[1:])
     work_shape = tuple(work.shape[1:])
     infected_idx = slices.indices("infected")
-    levels = study_clean_levels(slices, work, lungs_work, config)
     masks, theirs = {}, {}
     everything = list(infected_idx) + list(slices.indices("clean"))
     todo = distributed.my_share(everything)
@@ -179,6 +178,8 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
         maps, note = prior_maps(slices.images[mine], resolve_device(config.device))
         yield Message(note, "warning" if maps is None else "info")
         prior = None if maps is None else dict(zip(mine, maps))
+    # the study's healthy-lung density level is a CAM-mask cue only
+    levels = study_clean_levels(slices, work, lungs_work, config) if prior is None else {}
     for step, i in enumerate(todo):
         if step % 16 == 0:
             cancel.raise_if_cancelled()

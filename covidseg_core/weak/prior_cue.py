@@ -1,9 +1,9 @@
 """Pseudo masks from the label-free prior: the shipped segmenter trained on synthetic lesions only
 (seg/prior.py), run on the slices the radiologist labelled `infected`.
 
-Why: on zenodo-dev the CAM pseudo masks reach Dice mean 0.27 on the infected slices of c01-c05, the prior's own
-prediction inside the lung field 0.53 (docs/results.md, "Pseudo masks from the label-free prior"); keeping only
-the prior's pixels that the CAM also attends to lowers it (0.34-0.40), so the CAM is not combined. The slice label
+Why: on zenodo-dev the CAM pseudo masks reach Dice mean 0.275 on the infected slices of c01-c05, these masks 0.505
+(benchmarks/prior_pseudo_masks.py; docs/results.md, "Pseudo masks from the label-free prior"); keeping only the
+prior's pixels that the CAM also attends to lowered it (0.34-0.40, exploratory), so the CAM is not combined. The slice label
 still decides where foreground may be: a `clean` slice stays all background.
 
 For an `infected` slice:
@@ -21,10 +21,8 @@ from ..constants import BACKGROUND, FOREGROUND, IGNORE
 from ..events import drive
 from .pseudo_masks import remove_small_components
 
-FG_PROBABILITY = 0.5        # the product's own decision threshold (infer/predict.py THRESHOLD)
+FG_PROBABILITY = 0.5        # infer/predict.THRESHOLD, the product's own (not imported: it pulls in all of I/O)
 IGNORE_PROBABILITY = 0.25
-
-
 CHUNK = 64                  # slices predicted at a time: the maps are kept as uint8, not as float32 volumes
 
 
@@ -33,7 +31,7 @@ def prior_maps(images01: np.ndarray, device: torch.device) -> tuple[np.ndarray |
     prior cannot be used; a note saying which). The prior predicts at the working size it was trained at,
     whatever the run's size."""
     from ..infer.predict import predict_probabilities
-    from ..infer.prior_model import load_prior_model
+    from ..infer.prior_model import load_prior_model     # weights read only when the prior cue is used
 
     lm, note = load_prior_model(device)
     if lm is None:
