@@ -10,8 +10,9 @@ The simulation (the labels are the data set's own, as the radiologist would give
 - at random: the first k of a random permutation of the training slices (numpy, seeded by the seed).
 - suggestions (an active-learning loop): the seed set is the random strategy's first k slices at the smallest k
   (that row equals random's by construction); the classifier trained on the labels so far scores every
-  unlabelled training slice, `suggest.rank_slices` ranks them (a study is a volume, its slices in file order: L and R half of each axial slice side by side), and
-  the best are labelled up to the next k; then it retrains, from scratch, as the app's next training would.
+  unlabelled training slice, `suggest.rank_slices` ranks them (a study is a volume, its slices in file order:
+  L and R half of each axial slice side by side), and the best are labelled up to the next k; then it retrains,
+  from scratch, as the app's next training would.
 - one rule for every strategy and k: stage 1 needs MIN_PER_CLASS slices of each label. When a strategy's first k
   picks hold fewer, the radiologist (told so by stage 1) labels the next slices of the missing kind in the
   strategy's own order instead of its latest picks of the other kind (k stays k; the row says how many were
