@@ -194,7 +194,8 @@ class Bench:
             preds.append(to_shape(mask, native, nearest=True) == FOREGROUND)
             gts.append(sub.gt_masks[i] > 0)
         report = summarize(preds, gts)
-        return {"pseudo_dice_mean": round(report["dice_mean"], 4), "pseudo_dice_pooled": round(report["dice_pooled"], 4)}
+        return {"pseudo_dice_mean": round(report["dice_mean"], 4),
+                "pseudo_dice_pooled": round(report["dice_pooled"], 4)}
 
     def probabilities(self, model) -> np.ndarray:
         return compute_cams(model, self.seen, self.device)[0]
