@@ -57,15 +57,13 @@ from covidseg_core.constants import FOREGROUND  # noqa: E402
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.events import drive  # noqa: E402
 from covidseg_core.imaging.lung_model import compute_lung_fields  # noqa: E402
-from covidseg_core.imaging.lungs import lung_saliency  # noqa: E402
 from covidseg_core.imaging.resize import to_shape, to_working_size, upsample_maps  # noqa: E402
 from covidseg_core.infer.device import resolve_device  # noqa: E402
 from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
 from covidseg_core.suggest import rank_slices  # noqa: E402
 from covidseg_core.weak.classifier_training import compute_cams, train_classifier  # noqa: E402
 from covidseg_core.weak.config import MIN_PER_CLASS, Stage1Config  # noqa: E402
-from covidseg_core.weak.job import classifier_mask, study_clean_levels  # noqa: E402
-from covidseg_core.weak.pseudo_masks import make_pseudo_mask  # noqa: E402
+from covidseg_core.weak.job import cam_pseudo_mask, classifier_mask, study_clean_levels  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, TRAIN_VOLUMES, parse_args, split  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -181,16 +179,15 @@ class Bench:
                 **self.pseudo_dice(idx, bank.fused(cfg.fusion), cfg)}, model
 
     def pseudo_dice(self, idx: np.ndarray, fused: np.ndarray, cfg) -> dict:
-        """Stage 1's CAM pseudo masks of the labelled infected slices (weak/job._write_pseudo_masks' recipe, at the
+        """Stage 1's CAM pseudo masks of the labelled infected slices (weak/job.cam_pseudo_mask, at the
         slice's own size) against the ground truth."""
         work, lungs, sub = self.work[idx], self.lungs[idx], self.train.subset(idx)
         levels = study_clean_levels(sub, work, lungs, cfg)
         native = tuple(sub.images.shape[1:])
         preds, gts = [], []
         for k, i in enumerate(sub.indices("infected")):
-            cam = upsample_maps(fused[k], tuple(work.shape[1:]))
-            mask = make_pseudo_mask(work[i], cam, lungs[i], cfg, saliency=lung_saliency(work[i], lungs[i]),
-                                    clean_level=levels.get(sub.groups[i], levels.get(None)))
+            mask = cam_pseudo_mask(work[i], upsample_maps(fused[k], tuple(work.shape[1:])), lungs[i], cfg, levels,
+                                   sub.groups[i])
             preds.append(to_shape(mask, native, nearest=True) == FOREGROUND)
             gts.append(sub.gt_masks[i] > 0)
         report = summarize(preds, gts)

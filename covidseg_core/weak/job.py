@@ -191,8 +191,7 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
             cam = upsample_maps(fused[k], work_shape)
             lung = lungs_work[i]
             if prior is None:
-                mask = make_pseudo_mask(work[i], cam, lung, config, saliency=lung_saliency(work[i], lung),
-                                        clean_level=levels.get(slices.groups[i], levels.get(None)))
+                mask = cam_pseudo_mask(work[i], cam, lung, config, levels, slices.groups[i])
             else:          # at the slice's own size, where the prior predicted and the lung field was found
                 mask = prior_pseudo_mask(prior[i], lungs[i], config.min_component_frac)
             pngs.append((run.cams_dir / name, np.round(to_shape(cam, native, nearest=False) * 255).astype(np.uint8)))
@@ -215,6 +214,14 @@ def _write_pseudo_masks(slices, run: RunFolder, config: Stage1Config, work: np.n
     n_fg = sum(int((m == 1).sum()) for m in masks.values())
     n_ignore = sum(int((m == 255).sum()) for m in masks.values())
     return {"pseudo_masks": len(everything), "foreground_pixels": n_fg, "ignore_pixels": n_ignore, "masks": masks}
+
+
+def cam_pseudo_mask(image: np.ndarray, cam: np.ndarray, lung: np.ndarray, config: Stage1Config, levels: dict,
+                    group) -> np.ndarray:
+    """The CAM pseudo mask of an infected slice at the working size (the paper's cue): its fused CAM with the
+    lung's density saliency, measured against its study's healthy-lung level (study_clean_levels)."""
+    return make_pseudo_mask(image, cam, lung, config, saliency=lung_saliency(image, lung),
+                            clean_level=levels.get(group, levels.get(None)))
 
 
 def _write_pngs(run: RunFolder, pngs: list) -> None:
