@@ -4,11 +4,17 @@ Writes a synthetic 300x512x512 HU volume (the demo generator), makes a run folde
 of the chosen configuration (weights do not change the speed), then times:
   - the whole `predict` job (read NIfTI -> window -> network -> write NIfTI), and
   - the network loop alone under variants: engine (torch eager fp32 / auto precision vs ONNX Runtime, the run's
-    RUN/segmenter.onnx), precision, threads, channels_last, batch size, torch.compile,
+    RUN/segmenter.onnx), precision, threads, channels_last, batch size, torch.compile, and OpenVINO (the same
+    RUN/segmenter.onnx compiled for OpenVINO's CPU device, in f32 and in its own default precision),
 and prints them as a table with each row's ratio to torch eager fp32 (ratios from one run are what compare on a
-shared machine).
+shared machine) and, for the other engines, the share of mask pixels (probability >= 0.5) that differ from torch
+eager fp32's on the same slices.
 
-  OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/predict_speed.py --out out/predict_speed [--size 256]
+OpenVINO is not a dependency of the product; the benchmark measures it when it is importable, else its rows say
+"not run". To measure it: `.venv/bin/pip install openvino==2026.4.1`.
+
+  OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/predict_speed.py --out out/predict_speed [--size 256] \
+      [--variants engine,compile,openvino]
 
 `--size` is the run's working size: 128 (the default; width 16) is what a budgeted CPU run trains at, 256 (the
 model's default width) the fixed schedule's and CUDA's.
@@ -33,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from covidseg_core.events import drive  # noqa: E402
+from covidseg_core.imaging.resize import working_shape  # noqa: E402
 from covidseg_core.infer.model import load_run_model  # noqa: E402
 from covidseg_core.infer.predict import predict_job, predict_probabilities  # noqa: E402
 from covidseg_core.models.segmenter import build_from_spec  # noqa: E402
@@ -41,6 +48,8 @@ from covidseg_core.budget import CPU_BASE, CPU_SIZE  # noqa: E402
 from covidseg_core.train_config import TrainConfig, fast_config  # noqa: E402
 
 log = logging.getLogger("predict_speed")
+
+OPENVINO_PIN = "openvino==2026.4.1"
 
 
 def make_volume(path: Path, n: int, size: int) -> None:
@@ -71,9 +80,59 @@ def make_run(path: Path, cfg: TrainConfig, sample01: np.ndarray) -> None:
 
 
 def time_loop(lm, images, batch_size) -> float:
+    return run_loop(lm, images, batch_size)[0]
+
+
+def run_loop(lm, images, batch_size) -> tuple[float, np.ndarray]:
+    """Seconds of the network loop (batching, resize to the working size and back, sigmoid) and its
+    probabilities."""
     t0 = time.monotonic()
-    drive(predict_probabilities(lm, images, batch_size))
-    return time.monotonic() - t0
+    prob = drive(predict_probabilities(lm, images, batch_size))
+    return time.monotonic() - t0, prob
+
+
+def mask_flips(prob: np.ndarray, ref: np.ndarray) -> dict:
+    """Share of pixels whose mask (probability >= 0.5) differs, as onnx_engine.parity counts them, the largest
+    probability difference, and the reference's mask share (a mask that is nearly all 0 or all 1 says little)."""
+    return {"mask_pixels_differing": float(((prob >= 0.5) != (ref >= 0.5)).mean()),
+            "max_probability_difference": float(np.abs(prob - ref).max()),
+            "reference_mask_share": float((ref >= 0.5).mean())}
+
+
+def log_flips(name: str, flips: dict) -> None:
+    if flips["reference_mask_share"] in (0.0, 1.0):
+        log.warning("%s: torch's mask is all %d on these slices: 0 differing pixels says little (--run a trained "
+                    "run)", name, int(flips["reference_mask_share"]))
+    log.info("%s vs torch eager fp32: masks differ in %.4f%% of the pixels, largest probability difference %.2g "
+             "(torch's mask covers %.1f%%)", name, 100 * flips["mask_pixels_differing"],
+             flips["max_probability_difference"], 100 * flips["reference_mask_share"])
+
+
+class OpenVinoSegmenter:
+    """The run's ONNX export compiled for OpenVINO's CPU device; callable like onnx_engine.OnnxSegmenter, so that
+    predict_probabilities runs it in place of ONNX Runtime (same batching, same resizes)."""
+
+    def __init__(self, path: Path, input_hw, threads: int, precision: str | None):
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        core = ov.Core()
+        config = {props.inference_num_threads: max(1, int(threads)),
+                  hints.performance_mode: hints.PerformanceMode.LATENCY}
+        if precision is not None:
+            # on CPUs with bf16 units (AMX, AVX512_BF16) the CPU plugin computes in bf16 unless told f32
+            config[hints.inference_precision] = precision
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.precision = str(self.compiled.get_property(hints.inference_precision))
+        self.input_hw = tuple(int(v) for v in input_hw)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        self.request.infer([arr])
+        # the request reuses its output buffer on the next call: copy
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
 def table(results: dict) -> str:
@@ -84,14 +143,77 @@ def table(results: dict) -> str:
              f"{results['predict_job_seconds']} s for {'x'.join(map(str, results['volume']))}, size "
              f"{results['size']}, {results['predict_job_threads']} threads, load {results['load_avg'][0]:.1f} -> "
              f"{results['load_avg_after'][0]:.1f}", "",
-             "| network loop, whole volume | seconds | speed-up vs torch eager fp32 |", "|---|---:|---:|"]
+             "| network loop, whole volume | seconds | speed-up vs torch eager fp32 | mask pixels differing from "
+             "torch eager fp32 (max probability difference) |", "|---|---:|---:|---:|"]
+    flips = results.get("mask_parity_vs_torch_eager_fp32", {})
     for name, v in rows.items():
+        f = flips.get(name)
+        flip = f"{f['mask_pixels_differing']:.4%} (max dp {f['max_probability_difference']:.1g})" if f else "-"
         if isinstance(v, float):
             ratio = f"{ref / v:.2f}x" if isinstance(ref, float) and v > 0 else "-"
-            lines.append(f"| {name} | {v:.1f} | {ratio} |")
+            lines.append(f"| {name} | {v:.1f} | {ratio} | {flip} |")
         else:
-            lines.append(f"| {name} | {v} | - |")
+            lines.append(f"| {name} | {v} | - | {flip} |")
     return "\n".join(lines)
+
+
+def failure(exc: Exception) -> str:
+    first = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"failed: {type(exc).__name__}: {first}"
+
+
+def bench_compile(run: Path, images, scale: float, reference, variants: dict, flips: dict) -> None:
+    """torch.compile (inductor) of the fp32 network, timed after a warm-up call that compiles it."""
+    name = "torch.compile fp32"
+    try:
+        compiled = load_run_model(run, "cpu", "fp32", engine="torch")
+        compiled.model = torch.compile(compiled.model)
+        # compile outside the timing, on the loop itself: each batch shape it meets (a smaller last batch) compiles
+        warm = run_loop(compiled, images, None)[0]
+        log.info("torch.compile: first loop (compiling) %.1f s", warm)
+        t, prob = run_loop(compiled, images, None)
+    except Exception as exc:   # noqa: BLE001 - a compiler that is missing here is a result, not a crash
+        variants[name] = failure(exc)
+        return
+    variants[name] = t * scale
+    flips[name] = mask_flips(prob, reference())
+    log_flips(name, flips[name])
+
+
+def bench_openvino(run: Path, images, scale: float, reference, variants: dict, flips: dict) -> None:
+    """The run's ONNX export through OpenVINO's CPU device, forced to f32 and at the plugin's own default
+    precision (bf16 on CPUs with bf16 units), inside the same predict_probabilities loop as the other rows."""
+    names = ("openvino fp32", "openvino, its default CPU precision")
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        for name in names:
+            variants[name] = f"not run: pip install {OPENVINO_PIN}"
+        return
+    folder = RunFolder(run)
+    info = folder.read_json(folder.onnx_info_path.name) or {}
+    if info.get("status") != "ok" or not folder.onnx_path.is_file():
+        for name in names:
+            variants[name] = f"not run: no usable ONNX export ({info.get('reason') or 'no record'})"
+        return
+    base = load_run_model(run, "cpu", "fp32", engine="torch")
+    for name, precision in zip(names, ("f32", None)):
+        try:
+            t0 = time.monotonic()
+            seg = OpenVinoSegmenter(folder.onnx_path, info["input_hw"], torch.get_num_threads(), precision)
+            log.info("%s: compiled in %.1f s, inference precision %s", name, time.monotonic() - t0, seg.precision)
+            if seg.input_hw != tuple(working_shape(*images.shape[1:], base.size)):
+                # predict_probabilities would quietly run PyTorch instead
+                raise ValueError(f"export made at {seg.input_hw}, slices worked at another size")
+            lm = dataclasses.replace(base, onnx=seg)
+            run_loop(lm, images[:4], None)                  # first inferences (shape-specific setup) untimed
+            t, prob = run_loop(lm, images, None)
+        except Exception as exc:   # noqa: BLE001 - a graph OpenVINO cannot run is a result, not a crash
+            variants[name] = failure(exc)
+            continue
+        variants[name] = t * scale
+        flips[name] = mask_flips(prob, reference())
+        log_flips(name, flips[name])
 
 
 def main(argv=None) -> int:
@@ -104,6 +226,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="engine,unet,precision,threads,channels_last,batch,compile")
     p.add_argument("--precision", default="auto", help="precision of the whole-job timing")
     p.add_argument("--loop-slices", type=int, default=60, help="slices per variant timing (scaled to the volume)")
+    p.add_argument("--run", type=Path, default=None,
+                   help="an existing (trained) run to measure, only read, instead of a fresh untrained one: an "
+                        "untrained network's mask is all 0 or all 1, which makes the parity columns say little")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -115,9 +240,13 @@ def main(argv=None) -> int:
     run = args.out / f"run_{args.preset}_{cfg.size}"     # a run folder per size: an older one is never reused
     rng = np.random.default_rng(0)
     images = rng.random((args.loop_slices, args.image, args.image), dtype=np.float32)
-    make_run(run, cfg, images[:2])
+    if args.run is not None:
+        run = args.run
+    else:
+        make_run(run, cfg, images[:2])
     results = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "preset": args.preset,
-               "size": cfg.size, "volume": [args.slices, args.image, args.image], "load_avg": os.getloadavg()}
+               "size": cfg.size, "run": str(run), "volume": [args.slices, args.image, args.image],
+               "load_avg": os.getloadavg()}
 
     t0 = time.monotonic()
     # args.out/pred is this benchmark's own scratch folder: a second run replaces its mask
@@ -129,9 +258,18 @@ def main(argv=None) -> int:
     log.info("whole predict job: %.1f s (%s)", results["predict_job_seconds"], summary)
 
     scale = args.slices / args.loop_slices
-    variants = {}
+    variants, flips = {}, {}
     lm = load_run_model(run, "cpu", "fp32", engine="torch")
     wanted = args.variants.split(",")
+    ref = None
+
+    def reference() -> np.ndarray:
+        """torch eager fp32's probabilities on the loop's slices, what the other engines' masks are compared with."""
+        nonlocal ref
+        if ref is None:
+            ref = run_loop(lm, images, None)[1]
+        return ref
+
     if "engine" in wanted:
         # interleaved, twice, best of two: the machine's load changes during a run
         engines = {"torch eager fp32": lambda: lm,
@@ -143,8 +281,13 @@ def main(argv=None) -> int:
             loaded.pop("onnxruntime fp32")
         for _ in range(2):
             for name, model in loaded.items():
-                t = time_loop(model, images, None) * scale
-                variants[name] = min(t, variants.get(name, float("inf")))
+                t, prob = run_loop(model, images, None)
+                variants[name] = min(t * scale, variants.get(name, float("inf")))
+                if name == "torch eager fp32":
+                    ref = prob
+                elif name == "onnxruntime fp32":
+                    flips[name] = mask_flips(prob, reference())
+                    log_flips(name, flips[name])
     if "unet" in wanted:
         # the same loop through the standard U-Net (its default width) at the same working size and engines
         unet_run = args.out / f"run_unet_{cfg.size}"
@@ -168,15 +311,12 @@ def main(argv=None) -> int:
         for bs in (1, 4, 16):
             variants[f"batch={bs}"] = time_loop(lm, images, bs) * scale
     if "compile" in wanted:
-        try:
-            compiled = load_run_model(run, "cpu", "fp32", engine="torch")
-            compiled.model = torch.compile(compiled.model)
-            time_loop(compiled, images[:4], None)              # compile outside the timing
-            variants["torch.compile"] = time_loop(compiled, images, None) * scale
-        except Exception as exc:   # noqa: BLE001 - a compiler that is missing here is a result, not a crash
-            variants["torch.compile"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        bench_compile(run, images, scale, reference, variants, flips)
+    if "openvino" in wanted:
+        bench_openvino(run, images, scale, reference, variants, flips)
     results["network_loop_seconds_for_volume"] = {k: (round(v, 1) if isinstance(v, float) else v)
                                                   for k, v in variants.items()}
+    results["mask_parity_vs_torch_eager_fp32"] = flips
     results["load_avg_after"] = os.getloadavg()
     log.info("%s", json.dumps(results, indent=2))
     print(table(results))
