@@ -1,6 +1,7 @@
 """What the zenodo-dev benchmarks share: the volume split and how a run is scored on held-out slices."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -49,3 +50,11 @@ def scores(run: Path, test) -> dict:
         for v in sorted(set(test.groups)) for k in [np.array(test.groups) == v]}
     out["predict_seconds"] = round(time.monotonic() - t0, 1)
     return out
+
+
+def emit(table_lines: list[str], results: dict, out: Path | None) -> int:
+    """A results-only benchmark's ending: its markdown table on stdout, its results as JSON in `out` (if given)."""
+    print("\n".join(table_lines))
+    if out:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0

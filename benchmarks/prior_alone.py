@@ -12,7 +12,6 @@ predict` makes them; thresholds may only be chosen on the training volumes' rows
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from covidseg_core.infer.postprocess import finish_masks  # noqa: E402
 from covidseg_core.infer.predict import predict_probabilities  # noqa: E402
 from covidseg_core.infer.prior_model import load_prior_model  # noqa: E402
 from covidseg_core.results.metrics import summarize  # noqa: E402
-from _zenodo import DATA, TEST_VOLUMES, TRAIN_VOLUMES, parse_args  # noqa: E402
+from _zenodo import DATA, TEST_VOLUMES, TRAIN_VOLUMES, emit, parse_args  # noqa: E402
 
 log = logging.getLogger("bench")
 KEYS = ("dice_mean", "dice_pooled", "sensitivity_mean", "specificity_mean")
@@ -76,10 +75,7 @@ def main(argv=None) -> int:
         per = ", ".join(f"{v} {d:.3f}" for v, d in r["per_volume_dice_mean"].items())
         lines.append(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS)
                      + f" | {r['clean_slices_marked']:.0%} | {per} |")
-    print("\n".join(lines))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return emit(lines, results, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ it covers the training volumes only. No training here: a few minutes on a CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ from covidseg_core.weak.config import Stage1Config  # noqa: E402
 from covidseg_core.weak.job import labelled_lung_fields  # noqa: E402
 from covidseg_core.weak.prior_cue import prior_maps, prior_pseudo_mask  # noqa: E402
 from covidseg_core.weak.pseudo_masks import from_png_values  # noqa: E402
-from _zenodo import DATA, parse_args, split  # noqa: E402
+from _zenodo import DATA, emit, parse_args, split  # noqa: E402
 
 log = logging.getLogger("bench")
 KEYS = ("dice_mean", "dice_pooled", "sensitivity_mean", "specificity_mean")
@@ -86,10 +85,7 @@ def main(argv=None) -> int:
         for name, r in rows.items():
             per = ", ".join(f"{v} {d:.3f}" for v, d in r["per_volume_dice_mean"].items())
             lines.append(f"| {where} | {name} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS) + f" | {per} |")
-    print("\n".join(lines))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return emit(lines, results, args.out)
 
 
 if __name__ == "__main__":
