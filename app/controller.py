@@ -9,6 +9,7 @@ flows run against any object that has those four methods.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,7 @@ from .prefs import Prefs
 from .session import Session
 
 log = logging.getLogger(__name__)
+SLOW_TURN_MS = 50        # a GUI-thread turn longer than this is a stall the user can feel
 
 
 class WindowPort(Protocol):
@@ -70,10 +72,14 @@ class Controller(QObject):
     def _run_deferred(self) -> None:
         if not self._deferred:
             return
-        _key, fn = self._deferred.pop(0)
+        key, fn = self._deferred.pop(0)
+        started = time.perf_counter()
         try:
             fn()
         finally:
+            ms = (time.perf_counter() - started) * 1000
+            if ms > SLOW_TURN_MS:       # what benchmarks/gui_stall.py looks for when the window stalls
+                log.info("GUI update %s took %.0f ms", key, ms)
             if self._deferred:
                 QTimer.singleShot(0, self._run_deferred)
 

@@ -13,7 +13,9 @@ count the job used and the load average (numbers from a shared machine only comp
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -52,6 +54,43 @@ def stall_table(gaps_s: list[float], tick_ms: int = TICK_MS) -> str:
     return "\n".join(head + [f"| {a} | {b} |" for a, b in rows])
 
 
+class SlowTurns(logging.Handler):
+    """Collects the controller's "GUI update ... took N ms" lines (app/controller.py, SLOW_TURN_MS), with the
+    time they were logged: which update a long gap was."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.seen: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((time.perf_counter(), record.getMessage()))
+
+
+class StallWatch(threading.Thread):
+    """When the GUI thread's timer is STACK_AFTER_S late, records once per stall where the GUI thread is (its
+    innermost frames in this repository's code): what a long gap was spent on."""
+    STACK_AFTER_S = 0.15
+
+    def __init__(self, gui_ident: int, stamps: list[float]):
+        super().__init__(daemon=True)
+        self.gui, self.stamps, self.stacks = gui_ident, stamps, []
+        self.running = True
+
+    def run(self) -> None:
+        import traceback
+
+        caught = None
+        while self.running:
+            time.sleep(0.02)
+            last = self.stamps[-1] if self.stamps else None
+            if last is None or last == caught or time.perf_counter() - last < self.STACK_AFTER_S:
+                continue
+            caught = last
+            frame = sys._current_frames().get(self.gui)
+            ours = [f for f in traceback.extract_stack(frame) if str(ROOT) in f.filename and ".venv" not in f.filename]
+            self.stacks.append((last, [f"{Path(f.filename).relative_to(ROOT)}:{f.lineno} {f.name}" for f in ours[-4:]]))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="The GUI thread's stall distribution while the app trains on the demo.")
     p.add_argument("--out", type=Path, default=None, help="scratch folder (demo study, project); default: a temp dir")
@@ -80,6 +119,10 @@ def main(argv=None) -> int:
     project = out / "project"
     shutil.rmtree(project, ignore_errors=True)          # this script's own scratch project: a fresh one per run
 
+    slow = SlowTurns()
+    controller_log = logging.getLogger("app.controller")
+    controller_log.setLevel(logging.INFO)
+    controller_log.addHandler(slow)
     app = QApplication.instance() or QApplication([sys.argv[0]])
     configure_qt_app(app)
     w = MainWindow(prefs=Prefs(QSettings(str(out / "prefs.ini"), QSettings.Format.IniFormat)))
@@ -119,6 +162,18 @@ def main(argv=None) -> int:
     timer = QTimer()
     timer.setInterval(TICK_MS)
     timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    collections: list[tuple[float, float, int, int]] = []      # (start, seconds, generation, objects collected)
+    gc_started = {}
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_started["at"] = time.perf_counter()
+        elif "at" in gc_started and time.perf_counter() - gc_started["at"] > 0.05:
+            collections.append((gc_started["at"], time.perf_counter() - gc_started["at"], info["generation"],
+                                info["collected"]))
+    gc.callbacks.append(on_gc)
+    watch = StallWatch(gui, stamps)
+    watch.start()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     w.actions_by_name["train"].trigger()
@@ -149,6 +204,15 @@ def main(argv=None) -> int:
     if worst:
         print("\nworst gaps at (s after Train): "
               + ", ".join(f"{stamps[i] - t0:.1f} s: {gaps[i] * 1000:.0f} ms" for i in sorted(worst)))
+    watch.running = False
+    gc.callbacks.remove(on_gc)
+    for at, secs, gen, n in collections:
+        print(f"garbage collection (generation {gen}, {n} objects freed) at {at - t0:.1f} s took {secs * 1000:.0f} ms")
+    for at, frames in watch.stacks:
+        print(f"GUI thread late at {at - t0:.1f} s, in: " + " <- ".join(reversed(frames)))
+    if slow.seen:
+        print("slow GUI-thread updates (s after Train): "
+              + ", ".join(f"{at - t0:.1f} s: {text}" for at, text in slow.seen))
     if w.jobs.busy:
         w.jobs.cancel()
         w.jobs.wait(60000)
