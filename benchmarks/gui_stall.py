@@ -55,7 +55,7 @@ def stall_table(gaps_s: list[float], tick_ms: int = TICK_MS) -> str:
 
 
 class SlowTurns(logging.Handler):
-    """Collects the controller's "GUI update ... took N ms" lines (app/controller.py, SLOW_TURN_MS), with the
+    """Collects the controller's "GUI update ... took N ms" lines (app/controller.py: over 50 ms), with the
     time they were logged: which update a long gap was."""
 
     def __init__(self):
