@@ -57,13 +57,13 @@ from covidseg_core.constants import FOREGROUND  # noqa: E402
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.events import drive  # noqa: E402
 from covidseg_core.imaging.lung_model import compute_lung_fields  # noqa: E402
-from covidseg_core.imaging.resize import to_shape, to_working_size, upsample_maps  # noqa: E402
+from covidseg_core.imaging.resize import to_shape, upsample_maps  # noqa: E402
 from covidseg_core.infer.device import resolve_device  # noqa: E402
 from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
 from covidseg_core.suggest import rank_slices  # noqa: E402
 from covidseg_core.weak.classifier_training import compute_cams, train_classifier  # noqa: E402
 from covidseg_core.weak.config import MIN_PER_CLASS, Stage1Config  # noqa: E402
-from covidseg_core.weak.job import cam_pseudo_mask, classifier_mask, study_clean_levels  # noqa: E402
+from covidseg_core.weak.job import cam_pseudo_mask, classifier_inputs, study_clean_levels  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, TRAIN_VOLUMES, parse_args, split  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -126,12 +126,11 @@ def suggested(probs: np.ndarray, labelled: list[int], positions: dict[str, list[
 
 # --- training and scoring ---------------------------------------------------------------------------------------
 
-def classifier_inputs(images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(working-size images, lung fields at that size, what the classifier sees) as weak/job makes them."""
-    work = to_working_size(images, size)
-    fields, _ = compute_lung_fields(images, "model")
-    lungs = np.stack([to_shape(f.astype(np.uint8), tuple(work.shape[1:]), nearest=True) for f in fields]).astype(bool)
-    return work, lungs, np.ascontiguousarray(work * classifier_mask(lungs), dtype=np.float32)
+def prepared(images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(working-size images, lung fields at that size, what the classifier sees) as weak/job makes them, with the
+    learned lung field of every slice."""
+    work, lungs, seen = classifier_inputs(images, compute_lung_fields(images, "model")[0], size)
+    return work, lungs, np.ascontiguousarray(seen, dtype=np.float32)
 
 
 class Bench:
@@ -144,8 +143,8 @@ class Bench:
         self.positions = volume_positions(self.train.ids, self.train.groups)
         self.row_of = {sid: i for i, sid in enumerate(self.train.ids)}
         t0 = time.monotonic()
-        self.work, self.lungs, self.seen = classifier_inputs(self.train.images, args.size)
-        self.seen_test = classifier_inputs(self.test.images, args.size)[2]
+        self.work, self.lungs, self.seen = prepared(self.train.images, args.size)
+        self.seen_test = prepared(self.test.images, args.size)[2]
         log.info("%d training slices (%s), %d unseen; inputs ready in %.0f s", len(self.train),
                  ",".join(args.volumes), len(self.test), time.monotonic() - t0)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from covidseg_core.events import drive  # noqa: E402
 from covidseg_core.imaging.resize import working_shape  # noqa: E402
 from covidseg_core.infer.model import load_run_model  # noqa: E402
+from covidseg_core.infer.onnx_engine import mask_agreement  # noqa: E402
 from covidseg_core.infer.predict import predict_job, predict_probabilities  # noqa: E402
 from covidseg_core.models.segmenter import build_from_spec  # noqa: E402
 from covidseg_core.runs import BEST, RunFolder  # noqa: E402
@@ -92,11 +93,9 @@ def run_loop(lm, images, batch_size) -> tuple[float, np.ndarray]:
 
 
 def mask_flips(prob: np.ndarray, ref: np.ndarray) -> dict:
-    """Share of pixels whose mask (probability >= 0.5) differs, as onnx_engine.parity counts them, the largest
-    probability difference, and the reference's mask share (a mask that is nearly all 0 or all 1 says little)."""
-    return {"mask_pixels_differing": float(((prob >= 0.5) != (ref >= 0.5)).mean()),
-            "max_probability_difference": float(np.abs(prob - ref).max()),
-            "reference_mask_share": float((ref >= 0.5).mean())}
+    """onnx_engine.mask_agreement of the two, and the reference's mask share (a mask that is nearly all 0 or all 1
+    says little)."""
+    return {**mask_agreement(ref, prob), "reference_mask_share": float((ref >= 0.5).mean())}
 
 
 def log_flips(name: str, flips: dict) -> None:

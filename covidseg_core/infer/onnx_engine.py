@@ -70,8 +70,13 @@ def parity(onnx_model: OnnxSegmenter, model: torch.nn.Module, x: torch.Tensor) -
     with torch.inference_mode():
         ref = torch.sigmoid(model(x).float()).numpy()
     got = torch.sigmoid(onnx_model(x).float()).numpy()
-    flips = float(((ref >= 0.5) != (got >= 0.5)).mean())
-    return {"slices": int(x.shape[0]), "mask_pixels_differing": flips,
+    return {"slices": int(x.shape[0]), **mask_agreement(ref, got)}
+
+
+def mask_agreement(ref: np.ndarray, got: np.ndarray) -> dict:
+    """How far two engines' probabilities are apart: the fraction of pixels whose mask (>= 0.5) differs and the
+    largest probability difference."""
+    return {"mask_pixels_differing": float(((ref >= 0.5) != (got >= 0.5)).mean()),
             "max_probability_difference": float(np.abs(ref - got).max())}
 
 

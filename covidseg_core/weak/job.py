@@ -104,17 +104,14 @@ def run_stage1(slices, out_dir: Path, config: Stage1Config, cancel: CancelToken 
 def _run(slices, run: RunFolder, config: Stage1Config, cancel: CancelToken, device: torch.device,
          log_epochs: bool, started: float):
     yield Message(f"stage 1 on {device}: {slices.counts()}")
-    work = to_working_size(slices.images, config.size)
     infected_idx = slices.indices("infected")
     previews = _pick_previews(config, slices.ids, infected_idx)
     yield Progress("lungs", 0, 1, "lung fields")
     lungs, warning = labelled_lung_fields(slices, config.lung_method)
     if warning:
         yield Message(warning, "warning")
-    lungs_work = np.stack([to_shape(f.astype(np.uint8), tuple(work.shape[1:]), nearest=True) for f in lungs]
-                          ).astype(bool) if len(lungs) else np.zeros(work.shape, bool)
+    work, lungs_work, seen = classifier_inputs(slices.images, lungs, config.size, config.mask_input)
     yield Progress("lungs", 1, 1, "lung fields")
-    seen = work * classifier_mask(lungs_work) if config.mask_input else work
 
     def log_epoch(event) -> None:
         if isinstance(event, EpochReport) and log_epochs:
@@ -147,6 +144,15 @@ def labelled_lung_fields(slices, method: str) -> tuple[np.ndarray, str | None]:
     if len(labelled):
         fields[labelled], warning = compute_lung_fields(slices.images[labelled], method)
     return fields, warning
+
+
+def classifier_inputs(images: np.ndarray, lungs: np.ndarray, size, mask_input: bool = True):
+    """(the slices at the working size, their lung fields at that size, what the classifier sees: the slices
+    outside the dilated lung field blacked out when `mask_input`) from slices and lung fields at their own size."""
+    work = to_working_size(images, size)
+    lungs_work = np.stack([to_shape(f.astype(np.uint8), tuple(work.shape[1:]), nearest=True) for f in lungs]
+                          ).astype(bool) if len(lungs) else np.zeros(work.shape, bool)
+    return work, lungs_work, (work * classifier_mask(lungs_work) if mask_input else work)
 
 
 INPUT_MARGIN_FRAC = 0.03     # the classifier also sees this much (of the short side) around the lung field
