@@ -188,8 +188,11 @@ class JobRunner(QObject):
         if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         # Python's cyclic garbage collector stops every thread while it scans; with the window's many Qt/pyqtgraph
-        # objects a full scan, triggered by allocations in the job, takes a few hundred ms. Collect once now and
-        # keep what exists (the GUI, the study) out of the scans until the job ends.
+        # objects a full scan, triggered by allocations in the job, takes a few hundred ms. Collect once now, at
+        # the user's click, and keep what exists (the GUI, the study) out of the scans. The heap stays frozen after
+        # the job: unfreezing there made the next full scan a stall at the job's end; what the frozen part drops
+        # meanwhile is collected here, at the next start.
+        gc.unfreeze()
         gc.collect()
         gc.freeze()
         self._outcome = ("failed", RuntimeError("the job thread ended without a result"))
@@ -254,7 +257,6 @@ class JobRunner(QObject):
             worker.deleteLater()
         if thread is not None:
             thread.deleteLater()
-        gc.unfreeze()              # what the GUI dropped meanwhile can be collected again
         self.busy_changed.emit(False)
         log.info("job %s: %s", outcome, name)
         if outcome == "done" and on_done is not None:

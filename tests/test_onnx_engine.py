@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from covidseg_core.events import Message, drive
+from covidseg_core.events import CancelToken, Message, drive
 from covidseg_core.infer import onnx_engine, onnx_export
 from covidseg_core.infer.model import load_run_model
 from covidseg_core.infer.predict import predict_job, predict_probabilities
@@ -154,3 +154,34 @@ def test_export_without_onnxruntime_is_skipped_not_failed(tmp_path, monkeypatch,
     monkeypatch.setattr(onnx_engine, "onnxruntime_available", lambda: False)
     info = onnx_export.export_onnx(run, images)
     assert info["status"] == "skipped" and not RunFolder(run).onnx_path.exists()
+
+
+def test_a_job_on_a_worker_thread_exports_in_a_child_process(tmp_path, monkeypatch):
+    """The exporter holds the GIL for up to a second: the app's job (a worker thread beside the GUI's) exports in a
+    child process, the command line (main thread) in its own."""
+    import threading
+
+    images = demo_slices()
+    run = make_run(tmp_path / "run", images)
+    used = []
+    monkeypatch.setattr(onnx_export, "export_onnx_in_child",
+                        lambda *a: used.append("child") or {"status": "skipped", "reason": "test"})
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a: used.append("here") or {"status": "skipped",
+                                                                                        "reason": "test"})
+    job = onnx_export.run_onnx_export(RunFolder(run), images, CancelToken())
+    drive(job)
+    worker = threading.Thread(target=lambda: drive(onnx_export.run_onnx_export(RunFolder(run), images,
+                                                                               CancelToken())))
+    worker.start()
+    worker.join()
+    assert used == ["here", "child"]
+
+
+def test_the_child_process_export_writes_the_same_record(tmp_path):
+    images = demo_slices()
+    run = make_run(tmp_path / "run", images)
+    info = onnx_export.export_onnx_in_child(run, images)
+    assert info["status"] == "ok", info
+    assert RunFolder(run).onnx_path.is_file()
+    assert json.loads(RunFolder(run).onnx_info_path.read_text()) == info
+    assert load_run_model(run, "cpu", "fp32").engine == "onnxruntime"

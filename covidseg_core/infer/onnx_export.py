@@ -4,8 +4,11 @@ other)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import threading
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +85,32 @@ def run_onnx_export(run: RunFolder, images01: np.ndarray, cancel):
     yield Progress("predict", 0, 1, "exporting the network for ONNX Runtime")
     n = len(images01)
     pick = np.unique(np.linspace(0, n - 1, min(PARITY_SLICES, n)).round().astype(int))
-    info = export_onnx(run.path, images01[pick])
+    if threading.current_thread() is threading.main_thread():     # the command line: nothing else to wait on it
+        info = export_onnx(run.path, images01[pick])
+    else:
+        info = export_onnx_in_child(run.path, images01[pick])
     if info["status"] == "ok":
         yield Message(f"exported the segmenter for ONNX Runtime ({run.onnx_path.name}; masks differ from "
                       f"PyTorch's in {info['parity']['mask_pixels_differing']:.4%} of the pixels)")
     else:
         yield Message(f"no ONNX export ({info.get('reason')}): predict uses PyTorch", "warning")
     return info
+
+
+def _export_with_threads(run_dir: str, sample01: np.ndarray, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return export_onnx(run_dir, sample01)
+
+
+def export_onnx_in_child(run_dir: str | Path, sample01: np.ndarray) -> dict:
+    """export_onnx in a spawned child process. The TorchScript exporter's graph passes hold Python's GIL for up to
+    a second, which froze the app's window at the end of every training (its job runs on a thread beside the GUI's);
+    a child process has its own interpreter. Costs a few seconds of start-up; falls back to exporting here when no
+    child process can run."""
+    threads = torch.get_num_threads()
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_export_with_threads, str(run_dir), np.ascontiguousarray(sample01), threads).result()
+    except Exception:  # noqa: BLE001 - a sandbox without processes, a broken pool: export here, the window waits
+        log.warning("ONNX export in a child process failed; exporting in this one", exc_info=True)
+        return export_onnx(run_dir, sample01)
