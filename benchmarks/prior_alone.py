@@ -7,7 +7,7 @@ its starting point, and whether the decision threshold (0.5, predict.THRESHOLD) 
 Masks go through the product's own path (the learned lung field, then postprocess.finish_masks), as `covidseg
 predict` makes them; thresholds may only be chosen on the training volumes' rows. No training: a few minutes.
 
-  .venv/bin/python benchmarks/prior_alone.py [--thresholds 0.2,0.3,0.4,0.5,0.6] [--out FILE.json]
+  .venv/bin/python benchmarks/prior_alone.py [--thresholds 0.2,0.3,0.4,0.5,0.6] [--out FILE.json] [--prior FILE]
 """
 from __future__ import annotations
 
@@ -51,9 +51,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--thresholds", default="0.2,0.3,0.4,0.5,0.6")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
+    p.add_argument("--prior", type=Path, default=None, help="another prior file (default: the shipped one)")
     args = parse_args(p, argv)
     slices = load_slice_set(args.data)
-    lm, note = load_prior_model(torch.device("cpu"))
+    lm, note = load_prior_model(torch.device("cpu"), args.prior)
     if lm is None:
         log.error("%s", note)
         return 2

@@ -168,14 +168,18 @@ def clean_field(mask: np.ndarray, image01: np.ndarray | None = None, max_lungs: 
         candidates = [k for k in candidates if dark_count[k] >= min_aerated * areas[k - 1]]
     field = np.zeros_like(mask)
     for k in candidates[:max_lungs]:
-        lung = lab == k
+        # within the component's bounding box (plus a ring of background): its holes are the same as in the
+        # whole slice, at a fraction of the cost on 512 x 512 volumes
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        box = (slice(max(y - 1, 0), y + h + 1), slice(max(x - 1, 0), x + w + 1))
+        lung = lab[box] == k
         filled = ndi.binary_fill_holes(lung)
         holes, nh = ndi.label(filled & ~lung)
         if nh:
             hole_areas = np.bincount(holes.ravel())[1:]
-            small = np.flatnonzero(hole_areas <= hole_max_frac * lung.sum()) + 1
+            small = np.flatnonzero(hole_areas <= hole_max_frac * areas[k - 1]) + 1
             lung |= np.isin(holes, small)
-        field |= lung
+        field[box] |= lung
     return field
 
 
@@ -264,9 +268,18 @@ def _file_stamp(path: Path) -> tuple[int, int]:
 
 # --- prediction ---------------------------------------------------------------------------------------------
 
+def finite(images01) -> np.ndarray:
+    """float32 slices with NaN as 0 and infinities as 0 / 1; the caller's array itself (no copy) when all are
+    finite already, as they nearly always are: two copies of a 512 x 512 x 300 volume cost seconds."""
+    images = np.asarray(images01, dtype=np.float32)
+    if np.isfinite(images).all():
+        return images
+    return np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+
+
 def predict_lung_probabilities(model: LungNet, images01: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """(n, H, W) in [0, 1] -> (n, H, W) float32 lung probabilities at the slices' own size."""
-    images = np.nan_to_num(np.asarray(images01, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    images = finite(images01)
     if images.ndim != 3:
         raise ValueError(f"expected slices (n, H, W), got shape {images.shape}")
     n, h, w = images.shape
@@ -294,7 +307,7 @@ def predict_lung_fields(model: LungNet, images01: np.ndarray, batch_size: int = 
     prob = predict_lung_probabilities(model, images, batch_size)
     if not len(prob):
         return prob.astype(bool)
-    images = np.clip(np.nan_to_num(np.asarray(images, dtype=np.float32)), 0, 1)
+    images = finite(images)       # dark_pixels clips to [0, 1] itself
     return np.stack([clean_field(p > threshold, img) for p, img in zip(prob, images)])
 
 
