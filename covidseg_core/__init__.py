@@ -14,6 +14,7 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   project/             api (Project), store (snapshot, journal, lock), ops (changes as a table), corrections,
                        studies (add a study, per-study summary, every study's slices as one training set)
   distributed.py       torchrun: the process group, DDP, batches and slices shared out by rank, rank 0 the writer
+  slice_cache.py       a study's decoded slices kept on disk, memory-mapped, for every rank and later runs
   runs.py              RunFolder: the only owner of paths inside a run (checkpoints, pseudo/, cams/, epochs...)
   imaging/             windowing, resize (every resize), lungs (threshold lung field, density cues), lung_model
                        (the learned lung field, its packaged weights, the fallback), augment (both stages' augmentation)

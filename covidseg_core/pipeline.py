@@ -276,17 +276,17 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
               clock=time.monotonic):
     """Generator job for `covidseg train`: yields Progress / Message / EpochReport, ends with Done(metrics).
 
-    `slices` may pass an already loaded SliceSet (the app does); otherwise `data` is read with load_slice_set.
-    `clock` (seconds) times the budget and the ETA; tests pass a fake one.
+    `slices`: a loaded SliceSet (the app's), a loader called as slices(data, labels_csv) (the CLI's slice cache)
+    or None (`data` is read with load_slice_set). `clock` (seconds) times the budget and the ETA; tests fake it.
     """
     cfg = cfg or TrainConfig()
     cancel = cancel or CancelToken()
     started = clock()
     dev = resolve_device(device)
     _check_config(cfg, dev)
-    if slices is None:
+    if slices is None or callable(slices):
         yield Message(f"reading {data}")
-        slices = load_slice_set(data, labels_csv)
+        slices = (slices or load_slice_set)(data, labels_csv)
     _check_data(slices, cfg, dev, data)
     if cfg.pixel_labels:             # their names and sizes, before the run folder is made (read again in stage 2)
         build_targets(slices, None, Path(cfg.pixel_labels))

@@ -3,6 +3,8 @@ pytest-xdist workers that `make test` starts (one per core)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,14 +13,28 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_DATA = SHARED / "data"
 
 
+_OWN_CACHE: list[str] = []
+
+
 def pytest_configure(config) -> None:
     """Under pytest-xdist every worker is a process with torch's default of one thread per core: N workers on N
-    cores would run N*N threads, and idle OpenMP threads spin. Give each worker its share of the cores."""
+    cores would run N*N threads, and idle OpenMP threads spin. Give each worker its share of the cores.
+    `covidseg train` keeps decoded slices in a cache (covidseg_core/slice_cache.py): the suite's go to a temporary
+    folder (shared by the xdist workers, which inherit it), never to the user's ~/.cache."""
+    if "COVIDSEG_CACHE_DIR" not in os.environ:
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="covidseg-test-cache-"))
+        os.environ["COVIDSEG_CACHE_DIR"] = _OWN_CACHE[0]
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers > 1:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_unconfigure(config) -> None:
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("COVIDSEG_CACHE_DIR", None)
 
 
 @pytest.fixture(scope="session")

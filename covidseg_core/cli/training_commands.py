@@ -87,11 +87,23 @@ def cmd_train(args) -> int:
         return _train_project(args, cfg)
     # under torchrun (docs/distributed.md) every rank trains; rank 0 alone prints and writes the run
     with distributed.session(args.device) as device:
-        metrics = run_job(train_job(args.data, args.out, cfg, device=device, labels_csv=args.labels),
+        metrics = run_job(train_job(args.data, args.out, cfg, device=device, labels_csv=args.labels,
+                                    slices=_slice_loader(args)),
                           quiet=args.quiet or not distributed.is_writer())
         if distributed.is_writer():
             print_json({"run": str(args.out), **(metrics or {})})
     return 0
+
+
+def _slice_loader(args):
+    """The data read through the slice cache (decoded once, by rank 0 under torchrun), or None: a plain read."""
+    if args.no_cache:
+        return None
+    from functools import partial
+
+    from ..slice_cache import load_slice_set_cached
+
+    return partial(load_slice_set_cached, cache_dir=args.cache_dir)
 
 
 def _refuse_torchrun(command: str) -> None:
@@ -164,4 +176,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--pixel-labels", type=Path, default=None,
                    help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
                    "for those slices")
+    cache = t.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                       help="where --data's decoded slices are kept, memory-mapped, for every torchrun process and "
+                       "later runs (decoded once; a changed file is decoded again). Default: $COVIDSEG_CACHE_DIR, "
+                       "else $XDG_CACHE_HOME/covidseg/slices or ~/.cache/covidseg/slices. One that cannot be "
+                       "written: the data is read without it, with a warning")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="read --data without the slice cache (every torchrun process decodes it)")
     t.set_defaults(func=cmd_train)

@@ -6,6 +6,7 @@ below keeps the exact interpolation its caller has always used, so results do no
 
 - `working_shape`     the (h, w) a slice is processed at (also thumbnails in the app)
 - `resize_stack`      torch (N, C, H, W): bilinear with antialiasing when shrinking, nearest for label maps
+- `stack_to_torch`    numpy (n, H, W) -> torch (n, 1, h, w) through resize_stack (a read-only stack in chunks)
 - `to_working_size`   numpy (n, H, W) images in [0, 1] -> the working size (through resize_stack)
 - `upsample_maps`     torch bilinear for CAMs (coarse maps up to image size), clamped to [0, 1]
 - `to_shape`          OpenCV for one 2D array back to a slice's native size (linear, or nearest for masks)
@@ -39,15 +40,29 @@ def resize_stack(arr, shape: tuple[int, int], mode: str = "bilinear"):
     return F.interpolate(arr, size=shape, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def to_working_size(images01: np.ndarray, size: int | None) -> np.ndarray:
-    """(n, H, W) -> (n, h, w) float32 at the working size (longer side = size)."""
+READ_ONLY_CHUNK = 64      # slices copied at a time out of a read-only stack
+
+
+def stack_to_torch(images01: np.ndarray, shape: tuple[int, int]):
+    """numpy (n, H, W) -> torch float32 (n, 1, *shape) through resize_stack. A read-only stack (the slice cache's
+    memory maps) is copied in chunks: no tensor may share a map (a write would crash), and a rank then holds the
+    resized slices only, not a second full-size copy."""
     import torch
 
+    arr = np.ascontiguousarray(images01, dtype=np.float32)
+    if arr.flags.writeable:
+        return resize_stack(torch.from_numpy(arr)[:, None], shape)
+    parts = [resize_stack(torch.from_numpy(arr[i:i + READ_ONLY_CHUNK].copy())[:, None], shape)
+             for i in range(0, len(arr), READ_ONLY_CHUNK)]
+    return torch.cat(parts) if parts else torch.zeros((0, 1, *shape))
+
+
+def to_working_size(images01: np.ndarray, size: int | None) -> np.ndarray:
+    """(n, H, W) -> (n, h, w) float32 at the working size (longer side = size)."""
     h, w = working_shape(images01.shape[1], images01.shape[2], size)
-    if (h, w) == tuple(images01.shape[1:]):
+    if (h, w) == tuple(images01.shape[1:]) and images01.flags.writeable:
         return np.ascontiguousarray(images01, dtype=np.float32)
-    t = resize_stack(torch.from_numpy(np.ascontiguousarray(images01, dtype=np.float32))[:, None], (h, w))
-    return t[:, 0].numpy()
+    return stack_to_torch(images01, (h, w))[:, 0].numpy()
 
 
 def upsample_maps(maps, shape: tuple[int, int]) -> np.ndarray:

@@ -17,7 +17,7 @@ from ..constants import IGNORE
 from ..errors import TrainingError
 from ..events import CancelToken, EpochReport, Message, Progress
 from ..imaging.augment import augment_batch
-from ..imaging.resize import resize_stack, working_shape
+from ..imaging.resize import resize_stack, stack_to_torch, working_shape
 from ..infer.device import autocast
 from ..models.segmenter import build_from_spec
 from ..runs import BEST, LAST, RunFolder
@@ -92,7 +92,7 @@ def prepare_segmenter_data(images01: np.ndarray, targets: np.ndarray, train_idx,
                            n_val_synthetic: int = 0) -> SegmenterData:
     n, h, w = images01.shape
     work = working_shape(h, w, size)
-    x = resize_stack(torch.from_numpy(np.ascontiguousarray(images01, dtype=np.float32))[:, None], work)
+    x = stack_to_torch(images01, work)
     t = resize_stack(torch.from_numpy(targets)[:, None].float(), work, mode="nearest")[:, 0].to(torch.uint8)
     return SegmenterData(images=x.contiguous(), targets=t.contiguous(), train_idx=np.asarray(train_idx, int),
                          val_idx=np.asarray(val_idx, int), synthetic=synthetic,
