@@ -28,9 +28,10 @@ def demo_slices(n=3, size=64):
     return to_unit_range(hu[2:2 + n].astype(np.float32), is_hu=True)
 
 
-def make_run(path, sample01, size=64, base=8, seed=0):
+def make_run(path, sample01, size=64, base=8, seed=0, gain=1.0):
     """A run holding a seeded untrained segmenter whose output bias is set so that its mask covers about half of
-    `sample01` at the run's working size: a parity check on an all-0 or all-1 mask would prove nothing."""
+    `sample01` at the run's working size: a parity check on an all-0 or all-1 mask would prove nothing. `gain`
+    scales its output layer (an untrained network's probabilities barely move from 0.5)."""
     from covidseg_core.imaging.resize import resize_stack, working_shape
 
     torch.manual_seed(seed)
@@ -38,6 +39,7 @@ def make_run(path, sample01, size=64, base=8, seed=0):
     model = build_from_spec(cfg.model_spec()).eval()
     x = resize_stack(torch.from_numpy(sample01)[:, None], working_shape(*sample01.shape[1:], size))
     with torch.no_grad():
+        model.head.weight *= gain
         model.head.bias -= model(x).median()
     run = RunFolder(path)
     run.create({**cfg.options(), "lung_method": None}, {"path": "synthetic"}, "cpu")
@@ -185,3 +187,17 @@ def test_the_child_process_export_writes_the_same_record(tmp_path):
     assert RunFolder(run).onnx_path.is_file()
     assert json.loads(RunFolder(run).onnx_info_path.read_text()) == info
     assert load_run_model(run, "cpu", "fp32").engine == "onnxruntime"
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_flip_average_is_the_mean_of_a_slice_and_its_mirror_image(tmp_path, engine):
+    images = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)     # not mirror-symmetric, as the demo is
+    run = make_run(tmp_path / "run", images, gain=1e4)
+    if engine == "onnx":
+        onnx_export.export_onnx(run, images)
+    lm = load_run_model(run, "cpu", "fp32", engine=engine)
+    plain = drive(predict_probabilities(lm, images))
+    mirrored = drive(predict_probabilities(lm, np.ascontiguousarray(images[:, :, ::-1])))[:, :, ::-1]
+    averaged = drive(predict_probabilities(lm, images, batch_size=2, flip_average=True))
+    assert np.abs(plain - mirrored).max() > 0.05          # the network is not symmetric: the test can fail
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-4)

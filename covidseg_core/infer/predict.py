@@ -38,10 +38,11 @@ LUNG_MARGIN_SLICES = 2          # slices on either side of the lung field's slic
 
 def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                           cancel: CancelToken | None = None, stage: str = "predict",
-                          progress_of: tuple[int, int] | None = None):
+                          progress_of: tuple[int, int] | None = None, flip_average: bool = False):
     """Generator: yields Progress; returns (via StopIteration.value) probabilities (n, H, W) float32 at the
     images' own size. `images01` (n, H, W) in [0, 1] (what Study.unit_range gives). `progress_of` = (done
-    before, total) counts these images as part of a larger job in the Progress events."""
+    before, total) counts these images as part of a larger job in the Progress events. `flip_average`: the mean
+    of the probabilities of each slice and its left-right mirror image (twice the network's work)."""
     n, h, w = images01.shape
     before, total = progress_of or (0, n)
     work = working_shape(h, w, lm.size)
@@ -59,6 +60,8 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
                 cancel.raise_if_cancelled()
             x = torch.from_numpy(np.ascontiguousarray(images01[start:start + bs], dtype=np.float32))[:, None]
             x = resize_stack(x.to(lm.device), work)
+            if flip_average:
+                x = torch.cat([x, x.flip(-1)])
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if onnx is not None:
@@ -67,8 +70,11 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
                 with inference_autocast(lm.device, lm.precision):
                     logits = lm.model(x)
             prob = torch.sigmoid(logits.float())
+            if flip_average:
+                half = len(prob) // 2
+                prob = (prob[:half] + prob[half:].flip(-1)) / 2
             prob = resize_stack(prob, (h, w))
-            out[start:start + len(x)] = prob[:, 0].cpu().numpy()
+            out[start:start + len(prob)] = prob[:, 0].cpu().numpy()
             done = min(start + bs, n)
             elapsed = time.monotonic() - started
             yield Progress(stage, before + done, total, "slices",
