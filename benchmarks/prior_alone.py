@@ -8,6 +8,7 @@ Masks go through the product's own path (the learned lung field, then postproces
 predict` makes them; thresholds may only be chosen on the training volumes' rows. No training: a few minutes.
 
   .venv/bin/python benchmarks/prior_alone.py [--thresholds 0.2,0.3,0.4,0.5,0.6] [--out FILE.json] [--prior FILE]
+      [--flip-average]
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", default="0.2,0.3,0.4,0.5,0.6")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
     p.add_argument("--prior", type=Path, default=None, help="another prior file (default: the shipped one)")
+    p.add_argument("--flip-average", action="store_true",
+                   help="average each slice's probabilities with its mirror image's (predict_probabilities)")
     args = parse_args(p, argv)
     slices = load_slice_set(args.data)
     lm, note = load_prior_model(torch.device("cpu"), args.prior)
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
         log.error("%s", note)
         return 2
     log.info("%s at size %d on %d slices", note, lm.size, len(slices))
-    prob = drive(predict_probabilities(lm, slices.images))
+    prob = drive(predict_probabilities(lm, slices.images, flip_average=args.flip_average))
     lungs, warning = compute_lung_fields(slices.images, "model")
     if warning:
         log.warning("%s", warning)
