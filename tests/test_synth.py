@@ -50,6 +50,24 @@ def test_units_follow_the_image():
     assert abs(float(np.median((out01 - img01)[mask01])) - raise_hu / 1500) < 0.05
 
 
+def test_only_lesions_large_enough_consolidate():
+    """Consolidation pulls a lesion to soft-tissue density; a small one stays ground glass (a small dense blob
+    would read as a vessel seen end-on)."""
+    img, lung = chest_slice(hu=True)
+    levels = intensity_levels(img, lung)
+
+    def median_hu(radius):
+        params = LesionParams(n_lesions=(1, 1), radius=radius, consolidation_share=1.0, ggo_level=(0.2, 0.2),
+                              ramp_px=0, patchiness=(0.0, 0.0))
+        out, mask = synthesize(img, lung, np.random.default_rng(3), params, value_range=None)
+        return float(np.median(out[mask]))
+
+    assert median_hu((0.3, 0.4)) > levels.tissue - 0.3 * levels.gap        # large: consolidation
+    assert median_hu((0.04, 0.06)) < levels.lung + 0.4 * levels.gap       # small: ground glass (a raise of 0.2)
+    with pytest.raises(ValueError, match="consolidation_min_radius"):
+        LesionParams(consolidation_min_radius=1.5)
+
+
 def test_seeded_and_reproducible():
     img, lung = chest_slice(hu=False)
     a = synthesize(img, lung, np.random.default_rng(7))

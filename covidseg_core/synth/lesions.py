@@ -41,6 +41,9 @@ class LesionParams:
     pleural_share: float = 0.7                    # lesions centred near the pleura
     ggo_level: tuple[float, float] = (0.15, 0.8)  # g: raise as a share of the lung-to-soft-tissue gap
     consolidation_share: float = 0.3
+    # smaller lesions are ground glass only: a small dense blob reads as a vessel seen end-on, and teaching it
+    # as a lesion made the segmenter mark vessels (the demo's clean slices)
+    consolidation_min_radius: float = 0.12        # of sqrt(lung area), as `radius`
     roughness: tuple[float, float] = (0.25, 0.6)  # amplitude of the noise that roughens the outline
     ramp_px: float = 2.5                          # width of the soft edge inside the mask
     patchiness: tuple[float, float] = (0.2, 0.7)  # amplitude of the texture that makes ground glass uneven
@@ -51,6 +54,7 @@ class LesionParams:
                   (0 <= self.pleural_share <= 1, "pleural_share"),
                   (0 < self.ggo_level[0] <= self.ggo_level[1] <= 1.5, "ggo_level"),
                   (0 <= self.consolidation_share <= 1, "consolidation_share"),
+                  (0 <= self.consolidation_min_radius <= 1, "consolidation_min_radius"),
                   (0 <= self.patchiness[0] <= self.patchiness[1] <= 1, "patchiness"),
                   (self.ramp_px >= 0, "ramp_px")]
         bad = [name for ok, name in checks if not ok]
@@ -143,7 +147,7 @@ def synthesize(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator,
         if blob.sum() < MIN_LESION_PIXELS:
             continue
         alpha = _soft_edge(blob, p.ramp_px)
-        if rng.random() < p.consolidation_share:
+        if rng.random() < p.consolidation_share and radius >= p.consolidation_min_radius * lung_size:
             strength = rng.uniform(0.75, 1.0)
             target = lv.tissue * 1.0 + lv.gap * (rng.uniform(-0.1, 0.05) + 0.05 * _smooth_noise(img.shape, 1.0, rng))
             out = out * (1 - alpha * strength) + alpha * strength * target
