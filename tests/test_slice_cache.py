@@ -265,19 +265,19 @@ def test_a_read_only_stack_goes_to_torch_in_chunks_with_the_same_numbers(monkeyp
 
 # --- under torchrun: rank 0 decodes, the others map its entry --------------------------------------------------
 
-def _two_ranks(*args: str) -> list[dict]:
+def _two_ranks(data: str, cache: str, out: Path) -> list[dict]:
     import subprocess
     import sys
 
+    out.mkdir(parents=True)
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
     env.update(PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(root / "tests" / "helpers" / "cache_ranks.py"), *args],
+                           str(root / "tests" / "helpers" / "cache_ranks.py"), data, cache, str(out)],
                           capture_output=True, text=True, timeout=120, env=env, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
-    return sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["rank"])
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 @pytest.mark.slow
@@ -286,9 +286,9 @@ def test_under_torchrun_rank_0_alone_decodes_and_the_others_map_its_entry(demo, 
 
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available")
-    first = _two_ranks(str(demo), str(tmp_path / "cache"))
+    first = _two_ranks(str(demo), str(tmp_path / "cache"), tmp_path / "first")
     assert [(r["rank"], r["decoded"], r["mapped"]) for r in first] == [(0, 1, True), (1, 0, True)]
     assert first[0]["ids"] == first[1]["ids"] and first[0]["sum"] == first[1]["sum"]
-    again = _two_ranks(str(demo), str(tmp_path / "cache"))          # a later run: nobody decodes
+    again = _two_ranks(str(demo), str(tmp_path / "cache"), tmp_path / "again")          # a later run: nobody decodes
     assert [(r["rank"], r["decoded"]) for r in again] == [(0, 0), (1, 0)] and again[1]["sum"] == first[0]["sum"]
     assert len(entries(tmp_path / "cache")) == 1
