@@ -21,7 +21,8 @@ def _process_umask() -> int:
 _NEW_FILE_MODE = 0o666 & ~_process_umask()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make the names just created or renamed in `folder` durable (where the platform lets a folder be synced)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -51,7 +52,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

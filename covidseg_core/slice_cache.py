@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import distributed
-from .atomic import _fsync_dir
+from .atomic import fsync_dir
 from .data import SliceSet, load_slice_set
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def write_entry(folder: Path, slices: SliceSet, inputs: dict) -> Path:
                 "gt": slices.gt_masks is not None, "ids": list(slices.ids), "labels": list(slices.labels),
                 "groups": list(slices.groups), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "inputs": inputs}
         _write_synced(tmp / META_NAME, text=json.dumps(meta))        # last: an entry without it is no entry
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         try:
             os.rename(tmp, folder)       # a folder: os.replace would not replace a non-empty one either
         except OSError:
@@ -136,7 +136,7 @@ def write_entry(folder: Path, slices: SliceSet, inputs: dict) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     return folder
 
 
