@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from ..errors import InputError
 from ..events import CancelToken, Done, Message, Progress
 from ..imaging.resize import resize_stack, working_shape
 from ..imaging.windowing import to_unit_range
+from ..io.background import BackgroundWriter
 from ..io.images import image_dir, list_images, read_gray
 from ..io.loader import detect_kind, open_study
 from ..io.nifti import volume_suffix, write_mask_nifti
@@ -38,11 +40,13 @@ LUNG_MARGIN_SLICES = 2          # slices on either side of the lung field's slic
 
 def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                           cancel: CancelToken | None = None, stage: str = "predict",
-                          progress_of: tuple[int, int] | None = None, flip_average: bool = False):
+                          progress_of: tuple[int, int] | None = None, flip_average: bool = False,
+                          on_batch: Callable[[int, np.ndarray], None] | None = None):
     """Generator: yields Progress; returns (via StopIteration.value) probabilities (n, H, W) float32 at the
     images' own size. `images01` (n, H, W) in [0, 1] (what Study.unit_range gives). `progress_of` = (done
     before, total) counts these images as part of a larger job in the Progress events. `flip_average`: the mean
-    of the probabilities of each slice and its left-right mirror image (twice the network's work)."""
+    of the probabilities of each slice and its left-right mirror image (twice the network's work). `on_batch`
+    (start, probabilities of images start..start+len) is called as each batch is done."""
     n, h, w = images01.shape
     before, total = progress_of or (0, n)
     work = working_shape(h, w, lm.size)
@@ -75,6 +79,8 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
                 prob = (prob[:half] + prob[half:].flip(-1)) / 2
             prob = resize_stack(prob, (h, w))
             out[start:start + len(prob)] = prob[:, 0].cpu().numpy()
+            if on_batch is not None:
+                on_batch(start, out[start:start + len(prob)])
             done = min(start + bs, n)
             elapsed = time.monotonic() - started
             yield Progress(stage, before + done, total, "slices",
@@ -92,13 +98,16 @@ def slices_to_predict(lungs: np.ndarray, margin: int = LUNG_MARGIN_SLICES) -> np
 
 def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                   cancel: CancelToken | None = None, threshold: float = THRESHOLD,
-                  progress_of: tuple[int, int] | None = None, skip_without_lung: bool = True):
+                  progress_of: tuple[int, int] | None = None, skip_without_lung: bool = True,
+                  on_masks: Callable[[np.ndarray, np.ndarray], None] | None = None):
     """Generator like predict_probabilities, returning uint8 0/1 masks: inside the lung field the run was
     trained with (imaging/lung_model.py), without specks (postprocess.py).
 
     The lung fields come first: the network then sees only the slices with lung (and LUNG_MARGIN_SLICES on either
     side); the others' masks are empty, as the lung field would make them anyway, so the masks are the same as
-    when every slice is predicted (`skip_without_lung=False`)."""
+    when every slice is predicted (`skip_without_lung=False`). `on_masks(indices, masks)` is handed the final
+    masks of some slices as soon as they are known (the caller starts writing them while the network goes on);
+    the masks are finished slice by slice, so batch by batch gives the same masks as all at once."""
     n = len(images01)
     before, total = progress_of or (0, n)
     lungs = None
@@ -109,16 +118,27 @@ def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None 
             yield Message(warning, "warning")
         if skip_without_lung:
             keep = slices_to_predict(lungs)
-    prob = np.zeros(images01.shape, np.float32)
-    if keep.all():
-        prob = yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=(before, total))
-    elif keep.any():
-        log.info("predicting %d of %d slices (the others hold no lung)", int(keep.sum()), n)
-        prob[keep] = yield from predict_probabilities(lm, images01[keep], batch_size, cancel,
-                                                      progress_of=(before + n - int(keep.sum()), total))
+    masks = np.zeros(images01.shape, np.uint8)
+    kept = np.flatnonzero(keep)
+    if on_masks is not None and len(kept) < n:
+        on_masks(np.flatnonzero(~keep), masks[~keep])      # empty: no lung, no infection
+
+    def finish(start: int, prob: np.ndarray) -> None:
+        idx = kept[start:start + len(prob)]
+        masks[idx] = finish_masks(prob >= threshold, None if lungs is None else lungs[idx])
+        if on_masks is not None:
+            on_masks(idx, masks[idx])
+
+    if len(kept) == n:
+        yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=(before, total),
+                                         on_batch=finish)
+    elif len(kept):
+        log.info("predicting %d of %d slices (the others hold no lung)", len(kept), n)
+        yield from predict_probabilities(lm, images01[keep], batch_size, cancel,
+                                         progress_of=(before + n - len(kept), total), on_batch=finish)
     else:
         yield Progress("predict", before + n, total, "slices")
-    return finish_masks(prob >= threshold, lungs)
+    return masks
 
 
 # --- inputs and outputs ------------------------------------------------------------------------------------
@@ -172,38 +192,46 @@ def check_outputs(input_path: Path, kind: str, out: Path, overwrite: bool) -> No
 
 
 def _predict_image_folder(lm, folder: Path, out: Path, batch_size, cancel):
-    from PIL import Image
-
     files = _image_files(folder)
+    arrays = _read_images(files, cancel)
     # slices of different sizes are allowed: predict them in groups of one size
     by_shape: dict[tuple, list[Path]] = {}
-    arrays: dict[Path, np.ndarray] = {}
     for p in files:
-        a = read_gray(p)
-        arrays[p] = a
-        by_shape.setdefault(a.shape, []).append(p)
+        by_shape.setdefault(arrays[p].shape, []).append(p)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    done = 0
-    for shape, group in by_shape.items():
-        stack = np.stack([arrays[p] for p in group]).astype(np.float32)
-        bits = 16 if any(arrays[p].dtype == np.uint16 for p in group) else 8
-        images01 = to_unit_range(stack, is_hu=False, bits=bits)
-        masks = yield from predict_masks(lm, images01, batch_size, cancel, progress_of=(done, len(files)))
-        for p, m in zip(group, masks):
-            target = out / _mask_name(p.name)
-            atomic_write(target, lambda tmp, m=m: Image.fromarray((m * 255).astype(np.uint8)).save(tmp, format="PNG"))
-            written.append(target)
-        done += len(group)
-    return {"kind": "images", "out": str(out), "n_images": len(written),
-            "n_with_infection": int(sum(1 for p in written if _has_fg(p)))}
+    with_infection = done = 0
+    with BackgroundWriter() as writer:
+        for group in by_shape.values():
+            stack = np.stack([arrays[p] for p in group]).astype(np.float32)
+            bits = 16 if any(arrays[p].dtype == np.uint16 for p in group) else 8
+            images01 = to_unit_range(stack, is_hu=False, bits=bits)
+
+            def write_masks(idx, masks, group=group):    # the masks of these slices are final: write them now
+                for i, m in zip(idx, masks):
+                    writer.submit(_write_mask_png, out / _mask_name(group[i].name), m)
+
+            masks = yield from predict_masks(lm, images01, batch_size, cancel, progress_of=(done, len(files)),
+                                             on_masks=write_masks)
+            with_infection += int(masks.reshape(len(masks), -1).any(axis=1).sum())
+            done += len(group)
+    return {"kind": "images", "out": str(out), "n_images": done, "n_with_infection": with_infection}
 
 
-def _has_fg(path: Path) -> bool:
+def _read_images(files: list[Path], cancel) -> dict[Path, np.ndarray]:
+    """Every file is read before any mask is written: a bad file among them leaves no output behind. On one
+    thread: decoding small PNGs on two threads measured no faster (PIL's per-file Python work holds the GIL)."""
+    arrays = {}
+    for p in files:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        arrays[p] = read_gray(p)
+    return arrays
+
+
+def _write_mask_png(target: Path, mask: np.ndarray) -> None:
     from PIL import Image
 
-    with Image.open(path) as im:
-        return bool(np.asarray(im).any())
+    atomic_write(target, lambda tmp: Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG"))
 
 
 def _predict_volume(lm, path: Path, out: Path, batch_size, cancel, series_uid=None):
