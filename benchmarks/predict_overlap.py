@@ -102,7 +102,8 @@ def prepare(out: Path, kinds: list[str], run: Path | None) -> dict[str, tuple[Pa
 
     out.mkdir(parents=True, exist_ok=True)
     inputs = dict(INPUTS, nifti=out / "synthetic_300x512.nii.gz")
-    make_volume(inputs["nifti"], 300, 512)
+    if "nifti" in kinds:
+        make_volume(inputs["nifti"], 300, 512)
     prepared = {}
     for kind in kinds:
         kind_run = run
