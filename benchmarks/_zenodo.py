@@ -36,10 +36,11 @@ def split(slices):
             slices.subset(np.flatnonzero(np.isin(vols, TEST_VOLUMES))))
 
 
-def scores(run: Path, test) -> dict:
+def scores(run: Path, test, lm=None) -> dict:
     """A run's predicted masks (as `covidseg predict` makes them) against the ground truth of `test`: the metrics
-    of results.metrics.summarize, the share of clean slices with any mark, Dice mean per volume, seconds."""
-    lm = load_run_model(run, "auto")
+    of results.metrics.summarize, the share of clean slices with any mark, Dice mean per volume, seconds. `lm`:
+    the run's model already loaded (and changed: benchmarks/prior_share.py)."""
+    lm = lm or load_run_model(run, "auto")
     t0 = time.monotonic()
     preds = drive(predict_masks(lm, test.images))
     out = summarize(list(preds), list(test.gt_masks))

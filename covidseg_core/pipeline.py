@@ -7,9 +7,8 @@ skips a finished stage 1 and continues the segmenter from its last checkpoint (s
 
 Sizing (budget.py): the device and the time budget decide what TrainConfig left open (working size, width,
 epochs of each stage); each stage is planned when it starts, from its measured speed (throughput.py), and the
-plan is written to RUN/plan.json at once, so a resumed run trains to the same plan.
-Ground-truth masks of the data set (`masks/`) are for reporting only and never reach the loss, the validation
-loss or the checkpoint choice (seg/targets.py).
+plan is written to RUN/plan.json at once, so a resumed run trains to the same plan. Ground-truth masks (`masks/`)
+are for reporting only and never reach the loss, the validation loss or the checkpoint choice (seg/targets.py).
 """
 from __future__ import annotations
 
@@ -240,7 +239,7 @@ def _segmenter_start(cfg: TrainConfig):
     if cfg.init == "none":
         return None
     state, note = matching_prior(cfg.model_spec(), cfg.size, None if cfg.init == "prior" else Path(cfg.init))
-    yield Message(note)
+    yield Message(note + (f"; the trained segmenter keeps {cfg.prior_share:.0%} of it" if state and cfg.prior_share else ""))
     return state
 
 
@@ -254,6 +253,8 @@ def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
         raise InputError(f"Unknown synthetic mode '{cfg.synthetic}'.", f"Use {', '.join(SYNTHETIC_MODES)}.")
     if cfg.init not in ("prior", "none") and not Path(cfg.init).is_file():
         raise InputError(f"--init {cfg.init}: no such file.", "Use prior, none, or the path of a prior file.")
+    if not 0 <= cfg.prior_share <= 1:
+        raise InputError(f"--prior-share {cfg.prior_share}: out of range.", "Use a number from 0 to 1.")
     if cfg.lung_method not in LUNG_METHODS:
         raise InputError(f"Unknown lung-field method '{cfg.lung_method}'.", f"Use {' or '.join(LUNG_METHODS)}.")
     if cfg.pixel_labels and not Path(cfg.pixel_labels).is_dir():
@@ -344,8 +345,7 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     yield from budget.plan_stage2(seg_data, cfg, dev, cancel, n_report)
     resolved = budget.resolved(cfg)
     init_state = yield from _segmenter_start(resolved)
-    seg_summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state),
-                                   budget.with_eta)
+    seg_summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state), budget.with_eta)
     if not distributed.is_writer():  # rank 0 alone exports, reports and writes metrics.json
         yield Done(seg_summary)
         return

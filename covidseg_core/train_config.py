@@ -33,6 +33,10 @@ class TrainConfig:
     lung_method: str = "model"        # model | threshold: how lung fields are found (imaging/lung_model.py)
     init: str = "prior"               # prior: start the segmenter from the label-free prior when it fits the
     #                                   run's network and size (seg/prior.py); none: random weights; or a path
+    prior_share: float = 0.25         # of the prior's weights kept in the trained segmenter (seg/prior.py
+    #                                   blend_with_start; 0: the fine-tuned weights alone). zenodo-dev: any share
+    #                                   >= 0.25 beats none on the training volumes; more marks more of a study's
+    #                                   own clean slices (docs/results.md, "Keeping part of the prior")
     fast: bool = False
 
     def options(self) -> dict:

@@ -120,6 +120,12 @@ def test_bad_numbers_are_usage_errors(demo, tmp_path, capsys):
         cli.main(["train", "--data", str(demo), "--out", str(tmp_path / "r"), "--seg-epochs", "0"])
     assert exc.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+    for share in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["train", "--data", str(demo), "--out", str(tmp_path / "r"), "--prior-share", share])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--prior-share" in err and "Traceback" not in err
 
 
 def test_pseudo_writes_stage1_outputs(tmp_path, capsys):

@@ -3,14 +3,15 @@ the weights that were saved, used only by a run whose network and size fit, and 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from covidseg_core.data import load_slice_set
 from covidseg_core.events import Message, drive
 from covidseg_core.models.segmenter import build_from_spec
 from covidseg_core.pipeline import train_on_targets
-from covidseg_core.runs import BEST, RunFolder
-from covidseg_core.seg.prior import default_prior_path, matching_prior, read_prior, save_prior
+from covidseg_core.runs import BEST, LAST, RunFolder
+from covidseg_core.seg.prior import blend_with_start, default_prior_path, matching_prior, read_prior, save_prior
 from covidseg_core.train_config import TrainConfig
 
 SPEC = {"name": "light", "in_ch": 1, "options": {"base": 8}}
@@ -81,3 +82,39 @@ def test_training_on_given_targets_starts_where_train_job_starts(small_demo, tmp
         same = all(torch.allclose(weights[k], expected[k]) for k in expected if expected[k].dim() >= 2)
         assert same == (init != "none")
         assert any("label-free prior" in n for n in notes) == (init != "none")
+
+
+def test_blend_keeps_the_share_asked_for_of_the_start_and_refuses_a_mismatch():
+    tuned = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(7)}
+    start = {"w": torch.tensor([3.0, -1.0]), "n": torch.tensor(0)}
+    assert torch.equal(blend_with_start(tuned, start, 0.0)["w"], tuned["w"])
+    assert torch.equal(blend_with_start(tuned, start, 1.0)["w"], start["w"])
+    half = blend_with_start(tuned, start, 0.25)
+    assert torch.allclose(half["w"], torch.tensor([1.5, 2.0])) and int(half["n"]) == 7   # counts stay the tuned ones
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            blend_with_start(tuned, start, bad)
+    with pytest.raises(ValueError):
+        blend_with_start(tuned, {"w": torch.zeros(3)}, 0.5)
+
+
+def test_the_best_checkpoint_blends_the_trained_weights_with_the_prior(small_demo, tmp_path, one_torch_thread):
+    """What predict uses (BEST) keeps `prior_share` of the prior; what a resumed run continues from (LAST) is the
+    fine-tuned network alone."""
+    torch.manual_seed(4)
+    prior = tmp_path / "prior.safetensors"
+    save_prior(prior, build_from_spec(SPEC).state_dict(), SPEC, 64, {})
+    start = read_prior(prior)[0]
+    slices = load_slice_set(small_demo)
+    for share in (0.0, 0.5):
+        cfg = TrainConfig(size=64, seg_epochs=1, base=8, batch_size=4, budget_minutes=0, init=str(prior),
+                          prior_share=share)
+        run = RunFolder(tmp_path / f"share{share}")
+        drive(train_on_targets(slices, slices.gt_masks.astype(np.uint8), run.path, cfg, device="cpu"))
+        best, last = run.load_checkpoint(BEST), run.load_checkpoint(LAST)
+        assert best["prior_share"] == share
+        tuned = last["model"]
+        assert any(not torch.allclose(v, start[k], atol=1e-4) for k, v in tuned.items() if v.dim() >= 2)  # it moved
+        for k, v in best["model"].items():
+            if v.is_floating_point():
+                assert torch.allclose(v, tuned[k] + share * (start[k] - tuned[k]), atol=1e-6), k

@@ -29,6 +29,16 @@ def budget_minutes(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:       # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} must lie between 0 and 1")
+    return value
+
+
 BUDGET_HELP = ("train for about MINUTES in all: the speed of both stages is measured on their first steps and "
                "their epochs are sized to fit (README, 'Training on a time budget'). Default: 8 on a CPU (at size "
                "128 and width 16 unless --size is given), none on CUDA. 0 = the fixed schedule (30 + 40 epochs at "
@@ -71,6 +81,7 @@ def _train_config(args, seg: bool):
         "budget_minutes": getattr(args, "budget", None), "lung_method": args.lung_method,
         "synthetic": getattr(args, "synthetic", None) if seg else None,
         "init": getattr(args, "init", None) if seg else None,
+        "prior_share": getattr(args, "prior_share", None) if seg else None,
         "seg_epochs": getattr(args, "seg_epochs", None) if seg else None,
         "pixel_labels": str(args.pixel_labels.resolve()) if getattr(args, "pixel_labels", None) else None,
     }.items() if v is not None}
@@ -173,6 +184,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="where the segmenter starts: prior (default) = the label-free prior shipped with covidseg "
                    "(trained on synthetic lesions only) when it fits the run's network and size, else random "
                    "weights; none = random weights; FILE = another prior file (scripts/train_synthetic_prior.py)")
+    t.add_argument("--prior-share", type=unit_fraction, default=None, metavar="0-1",
+                   help="how much of the prior's weights the trained segmenter keeps (default 0.25): the study's "
+                   "slices fine-tune the prior and the result is blended with it, which held up better on patients "
+                   "neither saw; 0 = the fine-tuned weights alone. Only when the segmenter starts from a prior")
     t.add_argument("--pixel-labels", type=Path, default=None,
                    help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
                    "for those slices")

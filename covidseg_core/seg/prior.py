@@ -119,3 +119,24 @@ def matching_prior(spec: dict, size: int | None, path: Path | None = None) -> tu
                       "random start")
     return state, f"the segmenter starts from the label-free prior ({path.name}, size {meta['size']})"
 
+
+def blend_with_start(weights: dict, start: dict, start_share: float) -> dict:
+    """Weights that keep `start_share` of the starting prior's and the rest of the fine-tuned ones, tensor by
+    tensor (a weight-space ensemble: Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022). A
+    study's few slices pull the fine-tuned network away from what the prior learned from many; on zenodo-dev the
+    blend scored above both on patients neither saw (docs/results.md). Integer buffers (BatchNorm's batch count)
+    stay the fine-tuned ones'."""
+    import torch
+
+    if not 0.0 <= start_share <= 1.0:
+        raise ValueError(f"start_share must lie in [0, 1], got {start_share}")
+    if start_share == 0.0:
+        return dict(weights)
+    out = {}
+    for name, w in weights.items():
+        s = start.get(name)
+        if s is None or s.shape != w.shape:
+            raise ValueError(f"the starting weights do not match the network at {name}")
+        out[name] = torch.lerp(w.float(), s.float(), start_share).to(w.dtype) if w.is_floating_point() else w
+    return out
+

@@ -23,6 +23,7 @@ from ..models.segmenter import build_from_spec
 from ..runs import BEST, LAST, RunFolder
 from ..train_step import TrainStep, warmup_cosine
 from .losses import tversky_focal_loss
+from .prior import blend_with_start
 
 
 class SegmenterOptions(Protocol):
@@ -33,6 +34,7 @@ class SegmenterOptions(Protocol):
     lr: float
     crop: int | None
     steps_per_epoch: int | None
+    prior_share: float
 
     def model_spec(self) -> dict: ...
 
@@ -192,7 +194,9 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
 
     AdamW, its learning rate a linear warm-up then cosine decay over all the run's steps (seg_epochs x steps per
     epoch, train_step.warmup_cosine), stepped per batch; a resumed run sets the schedule to the steps done.
-    `init_state`: weights to start from instead of random ones (the label-free prior, seg/prior.py)."""
+    `init_state`: weights to start from instead of random ones (the label-free prior, seg/prior.py); the best
+    checkpoint (what predict uses) then keeps `cfg.prior_share` of them (prior.blend_with_start), the last one
+    (what a resumed run continues from) the fine-tuned weights alone."""
     cancel = cancel or CancelToken()
     train_idx, val_idx = data.train_idx, data.val_idx
     if data.epoch_size == 0:
@@ -249,7 +253,7 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
             val_loss, val_dice = train_loss, float("nan")
         if val_loss < best_val:
             best_val, best_epoch = val_loss, epoch
-        _checkpoint(run, cfg, model, optimizer, step, epoch, val_loss, best_val, best_epoch)
+        _checkpoint(run, cfg, model, optimizer, step, epoch, val_loss, best_val, best_epoch, init_state)
         seconds = time.monotonic() - t0
         run.append_epoch({"stage": "segmenter", "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                           "val_dice_vs_targets": val_dice, "best_epoch": best_epoch, "seconds": round(seconds, 3)})
@@ -273,11 +277,14 @@ def _resume(run: RunFolder, model, optimizer, step: TrainStep) -> tuple[int, flo
 
 
 def _checkpoint(run: RunFolder, cfg: SegmenterOptions, model, optimizer, step: TrainStep, epoch: int,
-                val_loss: float, best_val: float, best_epoch: int) -> None:
+                val_loss: float, best_val: float, best_epoch: int, start: dict | None = None) -> None:
     spec = cfg.model_spec()
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if best_epoch == epoch:    # best first: if we die between the two writes, resuming redoes this epoch identically
-        run.save_checkpoint({"model": weights, "epoch": epoch, "val_loss": val_loss, "spec": spec}, BEST)
+        share = cfg.prior_share if start is not None else 0.0
+        best = blend_with_start(weights, start, share) if share else weights
+        run.save_checkpoint({"model": best, "epoch": epoch, "val_loss": val_loss, "spec": spec,
+                             "prior_share": share}, BEST)
     last = {"model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch, "best_val": best_val,
             "best_epoch": best_epoch, "spec": spec}
     if step.scales_gradients:
