@@ -9,9 +9,7 @@ import torch
 from covidseg_core.events import Progress, drive
 from covidseg_core.infer.model import load_run_model
 from covidseg_core.infer.predict import LUNG_MARGIN_SLICES, predict_masks, slices_to_predict
-from covidseg_core.models.segmenter import build_from_spec
-from covidseg_core.runs import BEST, RunFolder
-from covidseg_core.train_config import TrainConfig
+from untrained_run import make_untrained_run
 
 
 def test_slices_to_predict_keeps_a_margin_around_the_lung():
@@ -35,15 +33,8 @@ def volume_with_slices_without_lung():
 
 @pytest.fixture
 def run(tmp_path, one_torch_thread):
-    torch.manual_seed(0)
-    cfg = TrainConfig(size=64, base=8)
-    model = build_from_spec(cfg.model_spec()).eval()
-    with torch.no_grad():
-        model.head.bias += 5.0       # marks nearly everything: whatever the lung field leaves is seen
-    folder = RunFolder(tmp_path / "run")
-    folder.create({**cfg.options(), "lung_method": "model"}, {"path": "synthetic"}, "cpu")
-    folder.save_checkpoint({"model": model.state_dict(), "epoch": 1, "spec": cfg.model_spec()}, BEST)
-    return folder.path
+    torch.manual_seed(0)     # marks nearly everything: whatever the lung field leaves is seen
+    return make_untrained_run(tmp_path / "run", size=64, lung_method="model", head_bias=5.0, epoch=1)
 
 
 def test_only_slices_with_lung_are_predicted_and_the_masks_do_not_change(run):

@@ -17,24 +17,15 @@ from covidseg_core.infer.model import load_run_model
 from covidseg_core.infer.predict import predict_job, predict_masks
 from covidseg_core.io.background import BackgroundWriter
 from covidseg_core.io.images import read_gray
-from covidseg_core.models.segmenter import build_from_spec
-from covidseg_core.runs import BEST, RunFolder
-from covidseg_core.train_config import TrainConfig
+from untrained_run import make_untrained_run
 
 BATCH = 3       # small batches: many of them, so writing overlaps the network several times
 
 
 @pytest.fixture
 def run(tmp_path, one_torch_thread):
-    torch.manual_seed(0)
-    cfg = TrainConfig(size=64, base=8)
-    model = build_from_spec(cfg.model_spec()).eval()
-    with torch.no_grad():
-        model.head.bias += 2.0       # marks much of the lung: masks with content, not all empty
-    folder = RunFolder(tmp_path / "run")
-    folder.create({**cfg.options(), "lung_method": "model"}, {"path": "synthetic"}, "cpu")
-    folder.save_checkpoint({"model": model.state_dict(), "epoch": 1, "spec": cfg.model_spec()}, BEST)
-    return folder.path
+    torch.manual_seed(0)     # marks much of the lung: masks with content, not all empty
+    return make_untrained_run(tmp_path / "run", size=64, lung_method="model", head_bias=2.0, epoch=1)
 
 
 @pytest.fixture

@@ -3,16 +3,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from covidseg_core.models.segmenter import build_from_spec
 from covidseg_core.runs import BEST, RunFolder
 from covidseg_core.train_config import TrainConfig
 
 
-def make_untrained_run(path: Path, size: int = 32) -> Path:
+def make_untrained_run(path: Path, size: int = 32, lung_method: str | None = None, head_bias: float = 0.0,
+                       epoch: int = 0) -> Path:
+    """`lung_method` None: no lung field (tests about files, not masks). `head_bias` > 0 makes the network mark
+    much of the slice, so the masks have content."""
     cfg = TrainConfig(size=size, base=8)
-    options = {**cfg.options(), "lung_method": None}     # no lung field: the test is about files, not masks
+    model = build_from_spec(cfg.model_spec()).eval()
+    with torch.no_grad():
+        model.head.bias += head_bias
     run = RunFolder(path)
-    run.create(options, {"path": "synthetic"}, "cpu")
-    run.save_checkpoint({"model": build_from_spec(cfg.model_spec()).state_dict(), "epoch": 0,
-                         "spec": cfg.model_spec()}, BEST)
+    run.create({**cfg.options(), "lung_method": lung_method}, {"path": "synthetic"}, "cpu")
+    run.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "spec": cfg.model_spec()}, BEST)
     return path
