@@ -239,7 +239,7 @@ def _segmenter_start(cfg: TrainConfig):
     if cfg.init == "none":
         return None
     state, note = matching_prior(cfg.model_spec(), cfg.size, None if cfg.init == "prior" else Path(cfg.init))
-    yield Message(note + (f"; the trained segmenter keeps {cfg.prior_share:.0%} of it" if state and cfg.prior_share else ""))
+    yield Message(note)
     return state
 
 

@@ -110,7 +110,10 @@ def test_the_best_checkpoint_blends_the_trained_weights_with_the_prior(small_dem
         cfg = TrainConfig(size=64, seg_epochs=1, base=8, batch_size=4, budget_minutes=0, init=str(prior),
                           prior_share=share)
         run = RunFolder(tmp_path / f"share{share}")
-        drive(train_on_targets(slices, slices.gt_masks.astype(np.uint8), run.path, cfg, device="cpu"))
+        notes = []
+        drive(train_on_targets(slices, slices.gt_masks.astype(np.uint8), run.path, cfg, device="cpu"),
+              lambda e: notes.append(e.text) if isinstance(e, Message) else None)
+        assert any("keeps 50% of the prior" in n for n in notes) == (share == 0.5)
         best, last = run.load_checkpoint(BEST), run.load_checkpoint(LAST)
         assert best["prior_share"] == share
         tuned = last["model"]

@@ -124,8 +124,8 @@ def blend_with_start(weights: dict, start: dict, start_share: float) -> dict:
     """Weights that keep `start_share` of the starting prior's and the rest of the fine-tuned ones, tensor by
     tensor (a weight-space ensemble: Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022). A
     study's few slices pull the fine-tuned network away from what the prior learned from many; on zenodo-dev the
-    blend scored above both on patients neither saw (docs/results.md). Integer buffers (BatchNorm's batch count)
-    stay the fine-tuned ones'."""
+    blend scored above the fine-tuned weights alone, on the training volumes and on unseen ones (docs/results.md).
+    Integer buffers (BatchNorm's batch count) stay the fine-tuned ones'."""
     import torch
 
     if not 0.0 <= start_share <= 1.0:

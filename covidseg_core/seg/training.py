@@ -224,6 +224,8 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     scheduler.last_epoch = (start_epoch - 1) * n_batches      # the schedule continues where the run stopped
     if start_epoch > 1 and start_epoch <= cfg.seg_epochs:
         yield Message(f"resuming the segmenter from epoch {start_epoch - 1} of {cfg.seg_epochs}")
+    if init_state is not None and cfg.prior_share:
+        yield Message(f"the trained segmenter keeps {cfg.prior_share:.0%} of the prior's weights (--prior-share)")
     val_x, val_y = data.validation_set()
     val_has_fg = bool(len(val_y)) and bool((val_y == 1).any())
     if len(val_y) and not val_has_fg and start_epoch == 1:
