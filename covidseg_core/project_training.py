@@ -5,16 +5,23 @@ knows its training status.
 
 The validation split is by study when the project has several (their slices are grouped by study), by blocks of
 neighbouring slices when it has one (seg/targets.split_validation).
+
+Under torchrun (docs/distributed.md) every rank reads the studies and trains on the combined slices; rank 0 alone
+writes: the pixel labels, the project's record of the run, the run folder, and the predictions after training.
+The other ranks open the project read-only (`open_for_training`) and never write into it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
 from pathlib import Path
 
-from .errors import Cancelled
+from . import distributed
+from .data import data_fingerprint
+from .errors import Cancelled, InputError
 from .events import CancelToken, Done, Message, Progress, relay
 from .project.studies import check_labelled, project_slices, write_pixel_labels
 from .train_config import TrainConfig
@@ -55,10 +62,7 @@ def project_train_job(project, out: str | Path, cfg: TrainConfig | None = None, 
     check_labelled(combined)
     source_ids = [p.source_id for p in combined.parts]
     pixel_dir = pixel_labels_dir(project, out)
-    if pixel_dir.is_dir():          # corrections removed since the last attempt must not come back
-        for stale in pixel_dir.glob("*.png"):
-            stale.unlink()
-    n_pixel = write_pixel_labels(project, combined, pixel_dir)
+    n_pixel = _pixel_labels(project, combined, pixel_dir)
     if n_pixel:
         cfg = dataclasses.replace(cfg, pixel_labels=str(pixel_dir))
     record = not project.read_only
@@ -67,7 +71,9 @@ def project_train_job(project, out: str | Path, cfg: TrainConfig | None = None, 
     try:
         metrics = yield from relay(pipeline.train_job(project.folder, out, cfg, device=device, cancel=cancel,
                                                       slices=combined.slices, clock=clock))
-        studies_report = yield from predict_project(project, out, combined.parts, device, cancel, measure)
+        studies_report = {}
+        if distributed.is_writer():    # the run rank 0 wrote, predicted once; the other ranks are done
+            studies_report = yield from predict_project(project, out, combined.parts, device, cancel, measure)
     except Cancelled:
         if record:
             project.add_run(out, _summary("cancelled", source_ids, settings, pixel_labels=n_pixel))
@@ -83,6 +89,40 @@ def project_train_job(project, out: str | Path, cfg: TrainConfig | None = None, 
                                       best_val_loss=seg.get("best_val_loss"), seconds=metrics.get("seconds"),
                                       infected_ml={sid: r.get("infected_ml") for sid, r in studies_report.items()}))
     yield Done(metrics)
+
+
+@contextlib.contextmanager
+def open_for_training(folder: str | Path):
+    """`with open_for_training(P) as project:` the project a `train --project` process trains on: opened to
+    write (locked) by rank 0 or the one process; under torchrun read-only by the other ranks, once rank 0 has
+    opened it (its open may fold the journal into project.json, which a reader at that moment could miss)."""
+    from .project.api import Project
+
+    with distributed.writer_first():
+        project = Project.open(folder, read_only=not distributed.is_writer())
+    with project:
+        yield project
+
+
+def _pixel_labels(project, combined, folder: Path) -> int:
+    """Rank 0 (or the one process) writes the corrections into `folder`; how many. Under torchrun the other ranks
+    wait here for rank 0's count (they read the folder in stage 2), and every rank stops, before anything is
+    recorded, when one read other slices or labels than rank 0 (their batches would no longer match)."""
+    n = None
+    if distributed.is_writer():
+        if folder.is_dir():          # corrections removed since the last attempt must not come back
+            for stale in folder.glob("*.png"):
+                stale.unlink()
+        n = write_pixel_labels(project, combined, folder)
+    if not distributed.active():
+        return n
+    prints = distributed.gather_to_writer(data_fingerprint(combined.slices))
+    n, differ = distributed.broadcast((n, [r for r, fp in enumerate(prints) if fp != prints[0]]))
+    if differ:
+        raise InputError(f"rank(s) {', '.join(map(str, differ))} read other slices or labels in the project's "
+                         "studies than rank 0.", "Put the project and its studies where every node sees them "
+                         "at the same paths, then run the command again.")
+    return n
 
 
 def predict_project(project, run_dir: str | Path, parts, device: str = "auto", cancel: CancelToken | None = None,

@@ -94,7 +94,6 @@ def cmd_train(args) -> int:
 
     cfg = _train_config(args, seg=True)
     if args.project is not None:
-        _refuse_torchrun("train --project")
         return _train_project(args, cfg)
     # under torchrun (docs/distributed.md) every rank trains; rank 0 alone prints and writes the run
     with distributed.session(args.device) as device:
@@ -118,26 +117,29 @@ def _slice_loader(args):
 
 
 def _refuse_torchrun(command: str) -> None:
-    """Only `train --data` is made for several processes: others would all write the same folder."""
+    """Only `train` is made for several processes: others would all write the same folder."""
     from .. import distributed
     from ..errors import InputError
 
     if distributed.launched():
-        raise InputError(f"`covidseg {command}` does not run under torchrun yet (only `covidseg train --data`).",
+        raise InputError(f"`covidseg {command}` does not run under torchrun yet (only `covidseg train`).",
                          "Run it as one process, without torchrun.")
 
 
 def _train_project(args, cfg) -> int:
+    from .. import distributed
     from ..errors import InputError
-    from ..project.api import Project
-    from ..project_training import project_train_job
+    from ..project_training import open_for_training, project_train_job
 
     if args.labels is not None or args.pixel_labels is not None:
         raise InputError("--labels and --pixel-labels do not go with --project: the project holds the labels and "
                          "corrections.", "Add labels with: covidseg project add PROJECT STUDY --labels CSV.")
-    with Project.open(args.project) as project:
-        metrics = run_job(project_train_job(project, args.out, cfg, device=args.device), quiet=args.quiet)
-    print_json({"run": str(args.out), **(metrics or {})})
+    # under torchrun rank 0 alone writes the project and the run (project_training.py)
+    with distributed.session(args.device) as device, open_for_training(args.project) as project:
+        metrics = run_job(project_train_job(project, args.out, cfg, device=device),
+                          quiet=args.quiet or not distributed.is_writer())
+        if distributed.is_writer():
+            print_json({"run": str(args.out), **(metrics or {})})
     return 0
 
 
