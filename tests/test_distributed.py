@@ -1,5 +1,6 @@
 """`covidseg train` under torchrun (covidseg_core/distributed.py, docs/distributed.md): the helpers, the one-process
-run left as it was, and real 2-process gloo jobs on the CPU (the tiny demo study, 8 slices of 64 px)."""
+run left as it was, and real 2-process gloo jobs on the CPU (the tiny demo study, 8 slices of 64 px), on --data and
+on a project of that study (--project)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,9 @@ from covidseg_core.distributed import World
 from covidseg_core.errors import InputError
 from covidseg_core.events import drive
 from covidseg_core.pipeline import train_job
+from covidseg_core.project.api import Project
+from covidseg_core.project.studies import add_study
+from covidseg_core.project_training import project_train_job
 from covidseg_core.runs import RunFolder
 from covidseg_core.train_config import TrainConfig
 
@@ -254,3 +258,59 @@ def test_a_failing_rank_ends_the_job_and_the_same_command_resumes(demo8, tmp_pat
     assert "resuming the segmenter from epoch 1 of 2" in resumed.stderr
     rows = RunFolder(tmp_path / "run").read_epochs("segmenter")
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+# --- train --project: every rank trains on the project's slices, rank 0 alone writes --------------------------
+
+def _demo_project(demo8: Path, folder: Path) -> Path:
+    """A project of the demo study (its labels taken in) with one correction, which becomes a pixel label."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:30, 20:30] = 1
+    with Project.create(folder) as project:
+        add_study(project, demo8 / "volume" / "ct.nii.gz")
+        project.save_correction("s1", "3", mask)
+    return folder
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_two_processes_train_a_project_and_record_one_run(demo8, tmp_path):
+    project, run = _demo_project(demo8, tmp_path / "project"), tmp_path / "run"
+    done = _torchrun(["-m", "covidseg_core"], [*TRAIN, "--project", str(project), "--out", str(run)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)          # rank 0 alone printed: one JSON object on stdout
+    assert result["complete"] and result["segmenter"]["n_pixel_labelled"] == 1
+    assert Path(result["studies"]["s1"]["prediction"]).is_file()
+    with Project.open(project, read_only=True) as p:
+        runs = p.runs
+    assert len(runs) == 1 and runs[0]["summary"]["status"] == "done" and runs[0]["summary"]["pixel_labels"] == 1
+    assert len(list((project / "pixel_labels").rglob("*.png"))) == 1
+    one = _command(["-m", "covidseg_core", "--quiet", *TRAIN, "--project", str(_demo_project(demo8, tmp_path / "p1")),
+                    "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert _files(run) == _files(tmp_path / "one")
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_a_project_open_elsewhere_ends_every_rank(demo8, tmp_path):
+    project = _demo_project(demo8, tmp_path / "project")
+    started = time.monotonic()
+    with Project.open(project):            # as the app holding it: rank 0 cannot lock it, rank 1 waits for rank 0
+        failed = _torchrun(["-m", "covidseg_core"], [*TRAIN, "--project", str(project), "--out", str(tmp_path / "run")])
+    assert failed.returncode != 0
+    assert "covidseg: error: The project in" in failed.stderr and "is already open" in failed.stderr
+    assert time.monotonic() - started < 120 and not (tmp_path / "run").exists()          # ended, not hung
+
+
+def test_a_rank_that_read_other_slices_stops_the_job_before_anything_is_recorded(demo8, tmp_path, two_ranks,
+                                                                                  monkeypatch):
+    project = _demo_project(demo8, tmp_path / "project")
+    two_ranks(0)               # rank 0 of 2, and rank 1's fingerprint of the project's slices is another
+    monkeypatch.setattr(distributed, "gather_to_writer", lambda fingerprint: [fingerprint, "other"])
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: obj)
+    with Project.open(project) as p:
+        with pytest.raises(InputError, match=r"rank\(s\) 1 read other slices"):
+            drive(project_train_job(p, tmp_path / "run", tiny(), device="cpu"))
+        assert p.runs == []
+    assert not (tmp_path / "run").exists()
