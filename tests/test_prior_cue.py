@@ -17,7 +17,7 @@ from covidseg_core.runs import slice_png_name
 from covidseg_core.train_config import TrainConfig
 from covidseg_core.weak.config import Stage1Config
 from covidseg_core.weak.job import labelled_lung_fields, run_stage1
-from covidseg_core.weak.prior_cue import median_filtered, prior_maps, prior_pseudo_mask
+from covidseg_core.weak.prior_cue import prior_maps, prior_pseudo_mask
 from covidseg_core.weak.pseudo_masks import from_png_values
 
 STAGE1 = dict(cls_epochs=1, batch_size=8, device="cpu", seed=0, size=64)
@@ -45,24 +45,6 @@ def test_mask_rule_keeps_inside_the_lung_with_an_uncertain_rim():
     from covidseg_core.infer.predict import THRESHOLD
     from covidseg_core.weak.prior_cue import FG_PROBABILITY
     assert FG_PROBABILITY == THRESHOLD          # pseudo masks and predictions cut the probability at one place
-
-
-def test_the_prior_sees_slices_median_filtered_over_the_same_share_of_the_slice_at_any_resolution():
-    rng = np.random.default_rng(0)
-    for (h, w), width in (((256, 128), 3), ((512, 512), 6)):        # both worked at 128: 2x and 4x shrinking
-        images = np.full((2, h, w), 0.3, np.float32)
-        images[:, 10:10 + width // 2 + 1, 20:20 + width // 2 + 1] = 1.0     # a speck under half the filter
-        images[:, 100:100 + width, 40:40 + width] = 0.8              # a square as wide as the filter
-        images[1] += rng.normal(0, 0.05, (h, w)).astype(np.float32)
-        out = median_filtered(images, 128)
-        assert out.shape == images.shape and out.dtype == np.float32
-        assert np.allclose(out[0, 10:14, 20:24], 0.3)               # the speck is noise: gone
-        c = 100 + width // 2
-        assert out[0, c, 40 + width // 2] == pytest.approx(0.8)       # the square is structure: kept
-        flat = (1, slice(150, 250), slice(60, 120))                   # away from the structures
-        assert out[flat].std() < 0.6 * images[flat].std()              # pixel noise shrinks
-    small = np.random.default_rng(1).random((3, 60, 40)).astype(np.float32)
-    assert median_filtered(small, 128) is small                       # enlarged to be worked: under two pixels
 
 
 def test_stage1_takes_the_infected_slices_masks_from_the_prior(small_demo, tmp_path):

@@ -6,12 +6,6 @@ Why: on zenodo-dev the CAM pseudo masks reach Dice mean 0.275 on the infected sl
 prior's pixels that the CAM also attends to lowered it (0.34-0.40, exploratory), so the CAM is not combined. The slice label
 still decides where foreground may be: a `clean` slice stays all background.
 
-Before the prior sees them, the slices are median-filtered over about 1.5 of the prior's working pixels: on the
-labelled volumes c01-c05 this raised the pseudo masks' Dice mean from 0.528 to 0.551 and their sensitivity from
-0.58 to 0.70 (faint ground glass is seen through the pixel noise; docs/results.md, "Pseudo masks from the
-label-free prior"). It is used for the pseudo masks only: on slices nobody labelled, the filtered input also marks
-more healthy slices, which a pseudo mask (made for `infected` slices alone) never shows.
-
 For an `infected` slice:
   foreground = inside the lung field AND prior probability >= FG_PROBABILITY, in pieces of a minimum size
   ignore     = inside the lung field AND prior probability >= IGNORE_PROBABILITY (the lesion's uncertain rim),
@@ -22,16 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from ..constants import BACKGROUND, FOREGROUND, IGNORE
 from ..events import drive
-from ..imaging.resize import working_shape
 from .pseudo_masks import remove_small_components
 
 FG_PROBABILITY = 0.5        # infer/predict.THRESHOLD, the product's own (not imported: it pulls in all of I/O)
 IGNORE_PROBABILITY = 0.25
-MEDIAN_WORKING_PX = 1.5     # width of the median filter, in the prior's working pixels
 CHUNK = 64                  # slices predicted at a time: the maps are kept as uint8, not as float32 volumes
 
 
@@ -48,22 +39,9 @@ def prior_maps(images01: np.ndarray, device: torch.device) -> tuple[np.ndarray |
     images01 = np.asarray(images01, dtype=np.float32)
     maps = np.zeros(images01.shape, np.uint8)
     for start in range(0, len(images01), CHUNK):
-        chunk = median_filtered(images01[start:start + CHUNK], lm.size)
-        prob = drive(predict_probabilities(lm, chunk, stage="pseudo"))
+        prob = drive(predict_probabilities(lm, images01[start:start + CHUNK], stage="pseudo"))
         maps[start:start + CHUNK] = np.round(prob * 255).astype(np.uint8)
     return maps, f"pseudo masks of the infected slices from {note}"
-
-
-def median_filtered(images: np.ndarray, size: int | None) -> np.ndarray:
-    """Each slice of `images` (n, H, W) median-filtered over MEDIAN_WORKING_PX pixels of the working size `size`
-    (so the filter covers the same part of the slice at any native resolution); unchanged when that is under
-    two native pixels (a slice the prior enlarges)."""
-    n, h, w = images.shape
-    work = working_shape(h, w, size)
-    width = round(MEDIAN_WORKING_PX * max(h / work[0], w / work[1]))
-    if width < 2:
-        return images
-    return np.stack([ndi.median_filter(im, size=width, mode="nearest") for im in images]) if n else images
 
 
 def prior_pseudo_mask(prob: np.ndarray, lung: np.ndarray, min_component_frac: float = 0.0) -> np.ndarray:
