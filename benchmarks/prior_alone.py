@@ -8,7 +8,11 @@ Masks go through the product's own path (the learned lung field, then postproces
 predict` makes them; thresholds may only be chosen on the training volumes' rows. No training: a few minutes.
 
   .venv/bin/python benchmarks/prior_alone.py [--thresholds 0.2,0.3,0.4,0.5,0.6] [--out FILE.json] [--prior FILE]
-      [--flip-average]
+      [--flip-average] [--median]
+
+`--median`: the slices median-filtered first, over 1.5 of the prior's working pixels (3 native pixels here); tried
+in stop 28 for stage 1's pseudo masks and not kept (docs/results.md, "The prior's pseudo masks made from
+median-filtered slices").
 """
 from __future__ import annotations
 
@@ -47,6 +51,18 @@ def score(masks: np.ndarray, gts: np.ndarray, groups: np.ndarray) -> dict:
     return out
 
 
+def median_filtered(images: np.ndarray, size: int) -> np.ndarray:
+    """Each slice median-filtered over 1.5 pixels of the working size `size`, in native pixels."""
+    from scipy import ndimage as ndi
+
+    from covidseg_core.imaging.resize import working_shape
+
+    n, h, w = images.shape
+    work = working_shape(h, w, size)
+    width = round(1.5 * max(h / work[0], w / work[1]))
+    return np.stack([ndi.median_filter(np.asarray(im, np.float32), size=width, mode="nearest") for im in images])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DATA)
@@ -55,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--prior", type=Path, default=None, help="another prior file (default: the shipped one)")
     p.add_argument("--flip-average", action="store_true",
                    help="average each slice's probabilities with its mirror image's (predict_probabilities)")
+    p.add_argument("--median", action="store_true",
+                   help="median-filter the slices first (1.5 of the prior's working pixels wide)")
     args = parse_args(p, argv)
     slices = load_slice_set(args.data)
     lm, note = load_prior_model(torch.device("cpu"), args.prior)
@@ -62,7 +80,8 @@ def main(argv=None) -> int:
         log.error("%s", note)
         return 2
     log.info("%s at size %d on %d slices", note, lm.size, len(slices))
-    prob = drive(predict_probabilities(lm, slices.images, flip_average=args.flip_average))
+    images = median_filtered(slices.images, lm.size) if args.median else slices.images
+    prob = drive(predict_probabilities(lm, images, flip_average=args.flip_average))
     lungs, warning = compute_lung_fields(slices.images, "model")
     if warning:
         log.warning("%s", warning)
