@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -247,11 +246,9 @@ def test_a_two_process_checkpoint_opens_in_predict_on_the_cpu(two_process_run, d
 @pytest.mark.slow
 def test_a_failing_rank_ends_the_job_and_the_same_command_resumes(demo8, tmp_path):
     args = [*TRAIN, "--data", str(demo8), "--out", str(tmp_path / "run")]
-    started = time.monotonic()
-    failed = _torchrun([str(ROOT / "tests" / "helpers" / "failing_rank.py")], args)
+    failed = _torchrun([str(ROOT / "tests" / "helpers" / "failing_rank.py")], args)   # a hang: _command's timeout
     assert failed.returncode != 0
     assert "covidseg (rank 1): error: forced failure of rank 1 (test)" in failed.stderr
-    assert time.monotonic() - started < 120                                  # ended, not hung
     assert RunFolder(tmp_path / "run").load_checkpoint("last.pt")["epoch"] == 1
     resumed = _torchrun(["-m", "covidseg_core"], args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -295,12 +292,11 @@ def test_two_processes_train_a_project_and_record_one_run(demo8, tmp_path):
 @pytest.mark.slow
 def test_a_project_open_elsewhere_ends_every_rank(demo8, tmp_path):
     project = _demo_project(demo8, tmp_path / "project")
-    started = time.monotonic()
     with Project.open(project):            # as the app holding it: rank 0 cannot lock it, rank 1 waits for rank 0
         failed = _torchrun(["-m", "covidseg_core"], [*TRAIN, "--project", str(project), "--out", str(tmp_path / "run")])
     assert failed.returncode != 0
     assert "covidseg: error: The project in" in failed.stderr and "is already open" in failed.stderr
-    assert time.monotonic() - started < 120 and not (tmp_path / "run").exists()          # ended, not hung
+    assert not (tmp_path / "run").exists()          # ended (a hang would hit _command's timeout), nothing written
 
 
 def test_a_rank_that_read_other_slices_stops_the_job_before_anything_is_recorded(demo8, tmp_path, two_ranks,
