@@ -8,15 +8,19 @@ Masks go through the product's own path (the learned lung field, then postproces
 predict` makes them; thresholds may only be chosen on the training volumes' rows. No training: a few minutes.
 
   .venv/bin/python benchmarks/prior_alone.py [--thresholds 0.2,0.3,0.4,0.5,0.6] [--out FILE.json] [--prior FILE]
-      [--flip-average] [--median]
+      [--flip-average] [--median] [--sizes 128,144,160,128+160]
 
 `--median`: the slices median-filtered first, over 1.5 of the prior's working pixels (3 native pixels here); tried
 in stop 28 for stage 1's pseudo masks and not kept (docs/results.md, "The prior's pseudo masks made from
 median-filtered slices").
+
+`--sizes`: the prior run at other working sizes than the one it was trained at (it is fully convolutional, so a
+larger size shows it the lungs magnified); `A+B` averages the probabilities of sizes A and B. Each size is a row.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -73,6 +77,8 @@ def main(argv=None) -> int:
                    help="average each slice's probabilities with its mirror image's (predict_probabilities)")
     p.add_argument("--median", action="store_true",
                    help="median-filter the slices first (1.5 of the prior's working pixels wide)")
+    p.add_argument("--sizes", default=None,
+                   help="comma list of working sizes to run the prior at (A+B: the mean of both); default: its own")
     args = parse_args(p, argv)
     slices = load_slice_set(args.data)
     lm, note = load_prior_model(torch.device("cpu"), args.prior)
@@ -81,17 +87,27 @@ def main(argv=None) -> int:
         return 2
     log.info("%s at size %d on %d slices", note, lm.size, len(slices))
     images = median_filtered(slices.images, lm.size) if args.median else slices.images
-    prob = drive(predict_probabilities(lm, images, flip_average=args.flip_average))
+    probs = {}
+
+    def probabilities(size: int) -> np.ndarray:
+        if size not in probs:
+            probs[size] = drive(predict_probabilities(dataclasses.replace(lm, size=size), images,
+                                                      flip_average=args.flip_average))
+        return probs[size]
+
     lungs, warning = compute_lung_fields(slices.images, "model")
     if warning:
         log.warning("%s", warning)
     groups = np.array(slices.groups)
     results = {}
-    for thr in (float(t) for t in args.thresholds.split(",")):
-        masks = finish_masks(prob >= thr, lungs)
-        for where, volumes in (("training c01-c05", TRAIN_VOLUMES), ("unseen c06, c07, r01-r03", TEST_VOLUMES)):
-            k = np.isin(groups, volumes)
-            results[f"{where} @ {thr}"] = score(masks[k], slices.gt_masks[k] > 0, groups[k])
+    for sizes in (args.sizes or str(lm.size)).split(","):
+        prob = np.mean([probabilities(int(s)) for s in sizes.split("+")], axis=0)
+        tag = "" if args.sizes is None else f" (size {sizes})"
+        for thr in (float(t) for t in args.thresholds.split(",")):
+            masks = finish_masks(prob >= thr, lungs)
+            for where, volumes in (("training c01-c05", TRAIN_VOLUMES), ("unseen c06, c07, r01-r03", TEST_VOLUMES)):
+                k = np.isin(groups, volumes)
+                results[f"{where} @ {thr}{tag}"] = score(masks[k], slices.gt_masks[k] > 0, groups[k])
     lines = ["| volumes @ threshold | " + " | ".join(KEYS) + " | clean slices marked | Dice mean per volume |",
              "|---|" + "---|" * (len(KEYS) + 2)]
     for name, r in results.items():
