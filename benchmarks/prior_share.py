@@ -9,6 +9,10 @@ row's run (one study trained on its own labels) with --volumes V on that study's
 
   .venv/bin/python benchmarks/prior_share.py out/bench/auto-s0 out/bench/only-s0 --shares 0,0.25,0.5,0.75,1
   .venv/bin/python benchmarks/prior_share.py out/app/app-c07-s0 --volumes c07
+  .venv/bin/python benchmarks/prior_share.py out/bench/auto-s0 --shares 0.25 --scales "1;1,1.25"   # two scales
+
+--scales: each semicolon-separated set of magnifications is scored (predict_masks' `scales`: the mean of the
+probabilities of each slice worked at these sizes; 1 is the run's own).
 """
 from __future__ import annotations
 
@@ -49,27 +53,31 @@ def main(argv=None) -> int:
     p.add_argument("--shares", default="0,0.25,0.5,0.75,1")
     p.add_argument("--volumes", default=None, help="score on these volumes' slices only (an app row's own study)")
     p.add_argument("--prior", type=Path, default=None, help="the prior the runs started from (default: shipped)")
+    p.add_argument("--scales", default="1", help="semicolon list of comma lists of magnifications to predict at")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
     args = parse_args(p, argv)
+    scale_sets = [tuple(float(s) for s in group.split(",")) for group in args.scales.split(";")]
     slices = load_slice_set(args.data)
     groups = np.array(slices.groups)
     sets = ({args.volumes: args.volumes.split(",")} if args.volumes else
             {"training c01-c05": TRAIN_VOLUMES, "unseen c06, c07, r01-r03": TEST_VOLUMES})
     start = read_prior(args.prior or default_prior_path())[0]
-    results, lines = {}, ["| run | prior share | volumes | " + " | ".join(KEYS) + " | Dice mean per volume |",
-                          "|---|---|---|" + "---|" * (len(KEYS) + 1)]
+    results, lines = {}, ["| run | prior share | scales | volumes | " + " | ".join(KEYS) + " | Dice mean per volume |",
+                          "|---|---|---|---|" + "---|" * (len(KEYS) + 1)]
     for run in args.runs:
         lm = load_run_model(run, "cpu", engine="torch")
         tuned = tuned_weights(run, start)
         for share in (float(s) for s in args.shares.split(",")):
             lm.model.load_state_dict(blend_with_start(tuned, start, share))
-            for name, volumes in sets.items():
-                r = scores(run, slices.subset(np.flatnonzero(np.isin(groups, volumes))), lm)
-                results[f"{run.name} @ {share} on {name}"] = r
-                per = ", ".join(f"{v} {d:.3f}" for v, d in r["per_volume_dice_mean"].items())
-                lines.append(f"| {run.name} | {share} | {name} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS)
-                             + f" | {per} |")
-                log.info("%s", lines[-1])
+            for scales in scale_sets:
+                tag = "" if scales == (1.0,) else f" x {'+'.join(f'{s:g}' for s in scales)}"
+                for name, volumes in sets.items():
+                    r = scores(run, slices.subset(np.flatnonzero(np.isin(groups, volumes))), lm, scales)
+                    results[f"{run.name} @ {share}{tag} on {name}"] = r
+                    per = ", ".join(f"{v} {d:.3f}" for v, d in r["per_volume_dice_mean"].items())
+                    lines.append(f"| {run.name} | {share} | {'+'.join(f'{s:g}' for s in scales)} | {name} | "
+                                 + " | ".join(f"{r[k]:.3f}" for k in KEYS) + f" | {per} |")
+                    log.info("%s", lines[-1])
     return emit(lines, results, args.out)
 
 

@@ -201,3 +201,20 @@ def test_flip_average_is_the_mean_of_a_slice_and_its_mirror_image(tmp_path, engi
     averaged = drive(predict_probabilities(lm, images, batch_size=2, flip_average=True))
     assert np.abs(plain - mirrored).max() > 0.05          # the network is not symmetric: the test can fail
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_two_scales_are_the_mean_of_the_slice_worked_at_each_size(tmp_path, engine):
+    import dataclasses
+
+    images = np.random.default_rng(1).random((3, 64, 64), dtype=np.float32)
+    run = make_run(tmp_path / "run", images, gain=1e4)
+    if engine == "onnx":
+        onnx_export.export_onnx(run, images)
+    lm = load_run_model(run, "cpu", "fp32", engine=engine)
+    assert lm.engine == ("onnxruntime" if engine == "onnx" else "pytorch")
+    own = drive(predict_probabilities(lm, images))
+    magnified = drive(predict_probabilities(dataclasses.replace(lm, size=80), images))   # 1.25 x 64
+    both = drive(predict_probabilities(lm, images, batch_size=2, scales=(1.0, 1.25)))
+    assert np.abs(own - magnified).max() > 0.05           # the sizes disagree: the test can fail
+    np.testing.assert_allclose(both, (own + magnified) / 2, atol=1e-4)

@@ -3,7 +3,9 @@
 Scale rule (the same in training and here): every slice is resized so that its longer side equals the run's
 `size` (aspect ratio kept; `size` null = native size), the network pads internally to a multiple of 16, and the
 probabilities are resized back to the slice's own size before thresholding. So images of any size work, and a
-slice is seen at the same scale relative to its field of view as in training (imaging/resize.py).
+slice is seen at the same scale relative to its field of view as in training (imaging/resize.py). `scales`
+averages the probabilities of magnified working sizes too (an option, measured in docs/results.md, "Two scales at
+prediction": it did not win on the training volumes, so the default is the run's own size alone).
 Intensities go through `Study.unit_range`, exactly as in training.
 """
 from __future__ import annotations
@@ -38,49 +40,69 @@ THRESHOLD = 0.5
 LUNG_MARGIN_SLICES = 2          # slices on either side of the lung field's slices that are predicted too
 
 
+def scaled_working_shapes(lm: LoadedModel, h: int, w: int, scales=(1.0,)) -> list[tuple[int, int]]:
+    """The working sizes of an (h, w) slice at each magnification in `scales`: 1.0 is the run's own scale rule,
+    1.25 works the slice with a longer side a quarter longer (the lesions look bigger to the network)."""
+    base = lm.size or max(h, w)
+    return [working_shape(h, w, round(s * base)) for s in scales]
+
+
+def _engine_for(lm: LoadedModel, work: tuple[int, int]):
+    """The ONNX session where it was exported at this working size, else None (PyTorch predicts)."""
+    if lm.onnx is not None and tuple(work) == lm.onnx.input_hw:
+        return lm.onnx
+    if lm.onnx is not None:
+        log.info("slices worked at %s, the ONNX export at %s: PyTorch predicts them", work, lm.onnx.input_hw)
+    return None
+
+
+def _probabilities(lm: LoadedModel, x: torch.Tensor, work: tuple[int, int], onnx, flip_average: bool):
+    """Sigmoid probabilities of a batch x (n, 1, H, W) worked at `work`, returned at (H, W)."""
+    h, w = x.shape[-2:]
+    x = resize_stack(x, work)
+    if flip_average:
+        x = torch.cat([x, x.flip(-1)])
+    if lm.device.type == "cpu" and onnx is None:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if onnx is not None:
+        logits = onnx(x)
+    else:
+        with inference_autocast(lm.device, lm.precision):
+            logits = lm.model(x)
+    prob = torch.sigmoid(logits.float())
+    if flip_average:
+        half = len(prob) // 2
+        prob = (prob[:half] + prob[half:].flip(-1)) / 2
+    return resize_stack(prob, (h, w))
+
+
 def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                           cancel: CancelToken | None = None, stage: str = "predict",
                           progress_of: tuple[int, int] | None = None, flip_average: bool = False,
-                          on_batch: Callable[[int, np.ndarray], None] | None = None):
+                          on_batch: Callable[[int, np.ndarray], None] | None = None, scales=(1.0,)):
     """Generator: yields Progress; returns (via StopIteration.value) probabilities (n, H, W) float32 at the
     images' own size. `images01` (n, H, W) in [0, 1] (what Study.unit_range gives). `progress_of` = (done
     before, total) counts these images as part of a larger job in the Progress events. `flip_average`: the mean
-    of the probabilities of each slice and its left-right mirror image (twice the network's work). `on_batch`
-    (start, probabilities of images start..start+len) is called as each batch is done."""
+    of the probabilities of each slice and its left-right mirror image (twice the network's work). `scales`: the
+    mean of the probabilities of each slice worked at these magnifications (scaled_working_shapes; one network
+    pass each). `on_batch` (start, probabilities of images start..start+len) is called as each batch is done."""
     n, h, w = images01.shape
     before, total = progress_of or (0, n)
-    work = working_shape(h, w, lm.size)
-    bs = batch_size or default_batch_size(lm.device, work)
+    works = scaled_working_shapes(lm, h, w, scales)
+    engines = [_engine_for(lm, work) for work in works]
+    bs = batch_size or default_batch_size(lm.device, max(works, key=lambda hw: hw[0] * hw[1]))
     out = np.empty((n, h, w), dtype=np.float32)
     started = time.monotonic()
-    onnx = lm.onnx if lm.onnx is not None and tuple(work) == lm.onnx.input_hw else None
-    if lm.onnx is not None and onnx is None:
-        log.info("slices of %s are worked at %s, the ONNX export at %s: PyTorch predicts them", (h, w), work,
-                 lm.onnx.input_hw)
-    channels_last = lm.device.type == "cpu" and onnx is None
     with torch.inference_mode():
         for start in range(0, n, bs):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             x = torch.from_numpy(np.ascontiguousarray(images01[start:start + bs], dtype=np.float32))[:, None]
-            x = resize_stack(x.to(lm.device), work)
-            if flip_average:
-                x = torch.cat([x, x.flip(-1)])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if onnx is not None:
-                logits = onnx(x)
-            else:
-                with inference_autocast(lm.device, lm.precision):
-                    logits = lm.model(x)
-            prob = torch.sigmoid(logits.float())
-            if flip_average:
-                half = len(prob) // 2
-                prob = (prob[:half] + prob[half:].flip(-1)) / 2
-            prob = resize_stack(prob, (h, w))
-            out[start:start + len(prob)] = prob[:, 0].cpu().numpy()
+            x = x.to(lm.device)
+            prob = sum(_probabilities(lm, x, work, onnx, flip_average) for work, onnx in zip(works, engines))
+            out[start:start + len(x)] = (prob[:, 0] / len(works)).cpu().numpy()
             if on_batch is not None:
-                on_batch(start, out[start:start + len(prob)])
+                on_batch(start, out[start:start + len(x)])
             done = min(start + bs, n)
             elapsed = time.monotonic() - started
             yield Progress(stage, before + done, total, "slices",
@@ -99,9 +121,9 @@ def slices_to_predict(lungs: np.ndarray, margin: int = LUNG_MARGIN_SLICES) -> np
 def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                   cancel: CancelToken | None = None, threshold: float = THRESHOLD,
                   progress_of: tuple[int, int] | None = None, skip_without_lung: bool = True,
-                  on_masks: Callable[[np.ndarray, np.ndarray], None] | None = None):
-    """Generator like predict_probabilities, returning uint8 0/1 masks: inside the lung field the run was
-    trained with (imaging/lung_model.py), without specks (postprocess.py).
+                  on_masks: Callable[[np.ndarray, np.ndarray], None] | None = None, scales=(1.0,)):
+    """Generator like predict_probabilities (`scales` as there), returning uint8 0/1 masks: inside the lung field
+    the run was trained with (imaging/lung_model.py), without specks (postprocess.py).
 
     The lung fields come first: the network then sees only the slices with lung (and LUNG_MARGIN_SLICES on either
     side); the others' masks are empty, as the lung field would make them anyway, so the masks are the same as
@@ -131,11 +153,12 @@ def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None 
 
     if len(kept) == n:
         yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=(before, total),
-                                         on_batch=finish)
+                                         on_batch=finish, scales=scales)
     elif len(kept):
         log.info("predicting %d of %d slices (the others hold no lung)", len(kept), n)
         yield from predict_probabilities(lm, images01[keep], batch_size, cancel,
-                                         progress_of=(before + n - len(kept), total), on_batch=finish)
+                                         progress_of=(before + n - len(kept), total), on_batch=finish,
+                                         scales=scales)
     else:
         yield Progress("predict", before + n, total, "slices")
     return masks
