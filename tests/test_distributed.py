@@ -48,6 +48,15 @@ def test_torchrun_env_is_read_and_its_absence_is_one_process():
     assert not distributed.launched({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
 
 
+def test_only_rank_0_logs_warnings_under_torchrun():
+    import logging
+
+    from covidseg_core.cli import log_level
+
+    assert log_level(False, 0) == logging.WARNING and log_level(True, 0) == logging.DEBUG
+    assert log_level(False, 1) == log_level(True, 3) == logging.ERROR
+
+
 def test_one_process_helpers_hand_back_their_input():
     assert not distributed.active() and distributed.is_writer()
     batch = np.arange(5)

@@ -30,11 +30,18 @@ def _me() -> str:
     return f"covidseg (rank {rank})" if rank else "covidseg"
 
 
+def log_level(verbose: bool, rank: int) -> int:
+    """Under torchrun every rank logs to one terminal: rank 0 speaks for all, the others only report errors."""
+    level = logging.DEBUG if verbose else logging.WARNING
+    return max(level, logging.ERROR) if rank else level
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..distributed import env_world
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(args.verbose, env_world().rank), format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except Cancelled as exc:
