@@ -66,16 +66,18 @@ def _warn(plan: Plan, warning: str | None):
 def decide_stage1(plan: Plan, slices, cfg: TrainConfig, dev: torch.device, cancel: CancelToken, clock, left,
                   share: float = STAGE1_SHARE):
     """Generator: sets plan.stage1, the classifier's epochs: explicit, the fixed schedule, or (on a budget)
-    measured on one real epoch and fitted into `share` of `left()` seconds."""
+    timed on one real epoch by this rank alone (N ranks each train 1/N of it), fitted into `share` of `left()`."""
     if cfg.cls_epochs is not None or not plan.budgeted:
         plan.stage1 = {"how": "explicit" if cfg.cls_epochs is not None else "fixed",
                        "epochs": cfg.cls_epochs or DEFAULT_CLS_EPOCHS}
         return
     probe_cfg = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=1), dev)
-    costs = yield from relay(stage1_costs(slices, probe_cfg, cancel, clock))
-    epochs, warning = plan_classifier(left(), costs["epoch_s"], costs["pseudo_s"], share=share)
-    plan.stage1 = {"how": "budget", "epochs": epochs, "epoch_s": round(costs["epoch_s"], 3),
-                   "classifier_s": round(epochs * costs["epoch_s"], 1), "pseudo_s": round(costs["pseudo_s"], 1)}
+    with distributed.local_only():
+        costs = yield from relay(stage1_costs(slices, probe_cfg, cancel, clock))
+    epoch_s = costs["epoch_s"] / distributed.size()
+    epochs, warning = plan_classifier(left(), epoch_s, costs["pseudo_s"], share=share)
+    plan.stage1 = {"how": "budget", "epochs": epochs, "epoch_s": round(epoch_s, 3),
+                   "classifier_s": round(epochs * epoch_s, 1), "pseudo_s": round(costs["pseudo_s"], 1)}
     yield from _warn(plan, warning)
 
 
@@ -127,8 +129,7 @@ class _Budget:
     def plan_stage1(self, slices, cfg: TrainConfig, dev: torch.device, cancel: CancelToken):
         """Generator: decides (unless recorded) and records the classifier's epochs."""
         if self.plan.stage1 is None and distributed.is_writer():
-            with distributed.local_only():
-                yield from decide_stage1(self.plan, slices, cfg, dev, cancel, self.clock, self.left)
+            yield from decide_stage1(self.plan, slices, cfg, dev, cancel, self.clock, self.left)
             for phase in ("classifier", "pseudo"):
                 self.eta.plan(phase, self.plan.stage1.get(f"{phase}_s"))
             self.save()
@@ -181,8 +182,7 @@ def stage1_config(cfg: TrainConfig, device: torch.device, cue: str | None = None
                         cue=cue or ("cam" if cfg.synthetic == "off" else "prior"))
 
 
-def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.device, cancel: CancelToken,
-                    on_event=None):
+def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.device, cancel: CancelToken, on_event=None):
     """Generator: stage 1 into RUN/ unless a finished stage 1 is there already; returns its metrics."""
     done = run.read_json(STAGE1_DONE_NAME)
     if done is not None and done.get("finished"):

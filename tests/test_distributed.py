@@ -57,6 +57,35 @@ def test_only_rank_0_logs_warnings_under_torchrun():
     assert log_level(False, 1) == log_level(True, 3) == logging.ERROR
 
 
+def test_the_classifier_probe_counts_each_rank_training_its_share_of_an_epoch(monkeypatch):
+    """Rank 0 times a whole classifier epoch alone (local_only); under N ranks each trains 1/N of an epoch, so N x
+    the epochs fit (on zenodo-dev the probe said 13.5 s and 2 ranks took 7.5 s an epoch: docs/distributed.md)."""
+    import time
+
+    from covidseg_core import pipeline
+    from covidseg_core.budget import Plan
+    from covidseg_core.events import CancelToken
+
+    probed_in = []
+
+    def costs(*args):
+        probed_in.append(distributed.size())
+        return {"epoch_s": 40.0, "pseudo_s": 0.0}
+        yield
+
+    monkeypatch.setattr(pipeline, "stage1_costs", costs)
+    planned = {}
+    for n in (1, 2):
+        monkeypatch.setattr(distributed, "_world", World(rank=0, size=n))
+        plan = Plan(budget_s=600.0, device="cpu", size=64, base=8)
+        drive(pipeline.decide_stage1(plan, None, TrainConfig(), torch.device("cpu"), CancelToken(), time.monotonic,
+                                     lambda: 480.0))
+        planned[n] = plan.stage1
+    assert probed_in == [1, 1]
+    assert planned[1]["epoch_s"] == 40.0 and planned[2]["epoch_s"] == 20.0
+    assert planned[2]["epochs"] == 2 * planned[1]["epochs"] == 6
+
+
 def test_one_process_helpers_hand_back_their_input():
     assert not distributed.active() and distributed.is_writer()
     batch = np.arange(5)
