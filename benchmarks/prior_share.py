@@ -70,12 +70,13 @@ def main(argv=None) -> int:
         for share in (float(s) for s in args.shares.split(",")):
             lm.model.load_state_dict(blend_with_start(tuned, start, share))
             for scales in scale_sets:
-                tag = "" if scales == (1.0,) else f" x {'+'.join(f'{s:g}' for s in scales)}"
+                label = "+".join(f"{s:g}" for s in scales)
+                tag = "" if scales == (1.0,) else f" x {label}"
                 for name, volumes in sets.items():
                     r = scores(run, slices.subset(np.flatnonzero(np.isin(groups, volumes))), lm, scales)
                     results[f"{run.name} @ {share}{tag} on {name}"] = r
                     per = ", ".join(f"{v} {d:.3f}" for v, d in r["per_volume_dice_mean"].items())
-                    lines.append(f"| {run.name} | {share} | {'+'.join(f'{s:g}' for s in scales)} | {name} | "
+                    lines.append(f"| {run.name} | {share} | {label} | {name} | "
                                  + " | ".join(f"{r[k]:.3f}" for k in KEYS) + f" | {per} |")
                     log.info("%s", lines[-1])
     return emit(lines, results, args.out)
