@@ -7,6 +7,7 @@ DEVICES = ("auto", "cpu", "cuda")           # where training and prediction run 
 LUNG_METHODS = ("model", "threshold")       # lung field: learned (imaging/lung_model.py) or by threshold
 SYNTHETIC_MODES = ("auto", "off", "only")   # synthetic lesions in stage 2 (synth/): with pseudo masks, none, alone
 PSEUDO_CUES = ("prior", "cam")        # where an infected slice's pseudo mask comes from (weak/prior_cue.py)
+SLICE_SCORES = ("classifier+prior", "classifier")   # a slice's probability of infection (weak/scoring.py)
 
 # Masks in memory: 0 background, 1 infection, 255 ignore (no loss in stage 2)
 BACKGROUND, FOREGROUND, IGNORE = 0, 1, 255

@@ -175,11 +175,11 @@ class _Budget:
 # --- the whole job -----------------------------------------------------------------------------------------
 
 def stage1_config(cfg: TrainConfig, device: torch.device, cue: str | None = None) -> Stage1Config:
-    """The stage-1 options of a `train` run (cfg as the plan resolved it): the paper's method (`--synthetic off`)
-    keeps its CAM pseudo masks, the other modes take the label-free prior's (weak/prior_cue.py)."""
+    """The stage-1 options of a `train` run; the paper's method (`--synthetic off`) uses no label-free prior."""
+    paper = cfg.synthetic == "off"
     return Stage1Config(fusion=cfg.fusion, size=cfg.size, cls_epochs=cfg.cls_epochs, seed=cfg.seed,
-                        device=str(device.type), lung_method=cfg.lung_method,
-                        cue=cue or ("cam" if cfg.synthetic == "off" else "prior"))
+                        device=str(device.type), lung_method=cfg.lung_method, cue=cue or ("cam" if paper else "prior"),
+                        slice_score="classifier" if paper else "classifier+prior")
 
 
 def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.device, cancel: CancelToken, on_event=None):

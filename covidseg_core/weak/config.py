@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError, LabelError
-from ..constants import LUNG_METHODS, PSEUDO_CUES
+from ..constants import LUNG_METHODS, PSEUDO_CUES, SLICE_SCORES
 from .cam import check_fusion
 from .pseudo_masks import PseudoMaskParams
 
@@ -33,6 +33,8 @@ class Stage1Config(PseudoMaskParams):
     write_lungs: bool = True
     cue: str = "cam"                  # what makes an infected slice's pseudo mask: "cam" (fused CAM + density, the
                                       # paper's method) or "prior" (the label-free prior, weak/prior_cue.py)
+    slice_score: str = "classifier+prior"   # a slice's probability of infection: the classifier's alone, or its
+                                            # mean with the prior's evidence (weak/scoring.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -42,6 +44,8 @@ def check_inputs(slices, config: Stage1Config) -> None:
     check_fusion(config.fusion)
     if config.cue not in PSEUDO_CUES:
         raise InputError(f"Unknown pseudo-mask cue '{config.cue}'.", f"Use {' or '.join(PSEUDO_CUES)}.")
+    if config.slice_score not in SLICE_SCORES:
+        raise InputError(f"Unknown slice score '{config.slice_score}'.", f"Use {' or '.join(SLICE_SCORES)}.")
     if config.lung_method not in LUNG_METHODS:
         raise InputError(f"Unknown lung-field method '{config.lung_method}'.", f"Use {' or '.join(LUNG_METHODS)}.")
     if config.clean_quantile is not None and not 0.0 < float(config.clean_quantile) < 1.0:
