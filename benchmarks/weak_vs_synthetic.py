@@ -38,7 +38,7 @@ from covidseg_core.events import EpochReport, Message, drive  # noqa: E402
 from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
 from covidseg_core.results.metrics import roc_auc  # noqa: E402
 from covidseg_core.train_config import TrainConfig  # noqa: E402
-from covidseg_core.weak.scoring import classifier_probabilities  # noqa: E402
+from covidseg_core.weak.scoring import classifier_probabilities, slice_probabilities  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, parse_args, scores, split  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -98,10 +98,12 @@ class Bench:
             if row == "pixel10":
                 kw["pixel_labels"] = str(self._pixel_masks(seed))
             metrics = drive(train_job(self.args.data, folder, self.cfg(seed, **kw), slices=self.train), _log)
+        infected = np.array([lab == "infected" for lab in self.test.labels])
         value = {"row": row, "seed": seed, "unseen": scores(folder, self.test),
                  "classifier_auc_unseen": None if row == "ceiling" else round(roc_auc(
-                     classifier_probabilities(folder, self.test.images),
-                     np.array([lab == "infected" for lab in self.test.labels])), 4),
+                     classifier_probabilities(folder, self.test.images), infected), 4),
+                 "slice_auc_unseen": None if row == "ceiling" else round(roc_auc(
+                     slice_probabilities(folder, self.test.images), infected), 4),
                  "seconds": round(time.monotonic() - t0, 1), "plan": metrics.get("plan"),
                  "synthetic": (metrics.get("segmenter") or {}).get("synthetic"),
                  "train_report": metrics.get("ground_truth_report")}
@@ -145,8 +147,9 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def report(bench: Bench, rows: list[str], seeds: list[int], app_volumes: list[str]) -> str:
-    lines = ["| segmenter trained on | runs | " + " | ".join(KEYS) + " | clean slices marked | classifier AUC |",
-             "|---|---|" + "---|" * (len(KEYS) + 2)]
+    lines = ["| segmenter trained on | runs | " + " | ".join(KEYS)
+             + " | clean slices marked | classifier AUC | slice AUC |",
+             "|---|---|" + "---|" * (len(KEYS) + 3)]
     for row in rows:
         runs = [bench.results[k] for k in (f"{row}-s{s}" for s in seeds) if k in bench.results]
         if not runs:
@@ -154,6 +157,7 @@ def report(bench: Bench, rows: list[str], seeds: list[int], app_volumes: list[st
         cells = [_mean_spread([r["unseen"][k] for r in runs]) for k in KEYS]
         cells.append(_mean_spread([r["unseen"]["clean_slices_marked"] for r in runs]))
         cells.append(_mean_spread([r.get("classifier_auc_unseen") for r in runs]))
+        cells.append(_mean_spread([r.get("slice_auc_unseen") for r in runs]))
         lines.append(f"| {ROWS[row]} | {len(runs)} | " + " | ".join(cells) + " |")
     per_vol = ["", "Dice mean per unseen volume (mean over seeds):", "",
                "| row | " + " | ".join(TEST_VOLUMES) + " |", "|---|" + "---|" * len(TEST_VOLUMES)]
