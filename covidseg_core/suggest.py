@@ -9,6 +9,11 @@ of the project, and the most informative ones are ranked first:
   sees more patients rather than more of one.
 
 The ranking is greedy: each pick updates the neighbourhood and study counts the next picks are judged by.
+
+The probability is the classifier's own, not the run's slice probability (weak/scoring.slice_probabilities, its
+mean with the label-free prior's evidence): a label teaches the classifier, never the prior, so only the
+classifier's doubt is what labelling removes. Ranked by the mean instead, the suggestions lost to random picks at
+k = 20, 40, 80 and 160 (benchmarks/label_order.py, seed 0, stop 30; exploratory).
 """
 from __future__ import annotations
 
@@ -80,9 +85,11 @@ def rank_slices(candidates: dict[str, dict], n: int) -> list[dict]:
 def suggest_slices(project, run_dir: str | Path | None = None, n: int = 20, device: str = "cpu",
                    studies: dict | None = None) -> list[dict]:
     """The n slices to label next across the project's studies, best first: rank, source_id, study (name),
-    slice_id, index (in the study), probability (of infection), uncertainty, score. Missing studies are left
-    out. `run_dir`: the run whose classifier scores (default: the project's newest one with a classifier)."""
-    from .weak.scoring import classifier_probabilities
+    slice_id, index (in the study), probability (of infection, the classifier's: what is ranked), slice_probability
+    (the run's, with the label-free prior's evidence: what the radiologist is told), uncertainty, score. Missing
+    studies are left out. `run_dir`: the run whose classifier scores (default: the project's newest one with a
+    classifier)."""
+    from .weak.scoring import slice_scores
 
     run_dir = Path(run_dir) if run_dir is not None else newest_classifier_run(project)
     if run_dir is None:
@@ -102,14 +109,16 @@ def suggest_slices(project, run_dir: str | Path | None = None, n: int = 20, devi
         labels = project.labels(sid)
         labelled = {i for i, s in enumerate(study.slice_ids) if s in labels}
         if len(labelled) == study.n_slices:
-            probs = np.full(study.n_slices, np.nan)
+            probs = overall = np.full(study.n_slices, np.nan)
         else:
-            probs = np.asarray(classifier_probabilities(run_dir, study.unit_range(), device), dtype=float)
-        candidates[sid] = {"probabilities": probs, "labelled": labelled, "n_labelled": len(labelled)}
+            probs, overall = (np.asarray(p, dtype=float) for p in slice_scores(run_dir, study.unit_range(), device))
+        candidates[sid] = {"probabilities": probs, "labelled": labelled, "n_labelled": len(labelled),
+                           "slice_probabilities": overall}
     picks = rank_slices(candidates, n)
     for rank, pick in enumerate(picks, 1):
         sid = pick["source_id"]
         pick.update(rank=rank, study=study_name(project, sid), slice_id=loaded[sid].slice_ids[pick["index"]],
-                    probability=round(pick["probability"], 4))
-    return [{k: p[k] for k in ("rank", "source_id", "study", "slice_id", "index", "probability", "uncertainty",
-                               "score")} for p in picks]
+                    probability=round(pick["probability"], 4),
+                    slice_probability=round(float(candidates[sid]["slice_probabilities"][pick["index"]]), 4))
+    return [{k: p[k] for k in ("rank", "source_id", "study", "slice_id", "index", "probability", "slice_probability",
+                               "uncertainty", "score")} for p in picks]

@@ -231,8 +231,10 @@ def test_project_suggest_ranks_unlabelled_slices_of_every_study(trained, capsys)
     with Project.open(project, read_only=True) as p:
         for pick in picks:
             assert p.label(pick["source_id"], pick["slice_id"]) is None
-            assert 0.0 <= pick["probability"] <= 1.0
+            assert 0.0 <= pick["probability"] <= 1.0 and 0.0 <= pick["slice_probability"] <= 1.0
     assert {p["source_id"] for p in picks[:4]} == {"s1", "s2"}
+    # ranked by the classifier's own doubt; the radiologist is told the run's probability (with the prior's evidence)
+    assert any(abs(p["slice_probability"] - p["probability"]) > 1e-4 for p in picks)
     rc, again, _ = run_cli(capsys, "suggest", "--project", project, "-n", "6")   # the newest run by default
     assert rc == 0 and again["suggestions"] == picks
 

@@ -55,17 +55,22 @@ def classifier_probabilities(run_dir, images01: np.ndarray, device: str = "cpu",
 
 
 def slice_probabilities(run_dir, images01: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """(n,) the run's probability that each slice (n, H, W) in [0, 1] shows infection: the classifier's, averaged
-    with the prior's evidence when the run's stage-1 option `slice_score` is "classifier+prior" (runs made before
-    the option have the classifier's alone). Falls back to the classifier's, with a warning, when the prior cannot
-    be read."""
+    """(n,) the run's probability that each slice (n, H, W) in [0, 1] shows infection (see slice_scores)."""
+    return slice_scores(run_dir, images01, device)[1]
+
+
+def slice_scores(run_dir, images01: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """((n,) the classifier's probabilities, (n,) the run's slice probabilities) of slices (n, H, W) in [0, 1]:
+    the latter is the classifier's averaged with the prior's evidence when the run's stage-1 option `slice_score`
+    is "classifier+prior" (runs made before the option have the classifier's alone), and the classifier's, with a
+    warning, when the prior cannot be read."""
     _, options = _stage1(run_dir)
     lungs = _lung_fields(images01, options)
     probs = classifier_probabilities(run_dir, images01, device, lungs)
     if options.get("slice_score", "classifier") == "classifier":
-        return probs
+        return probs, probs
     evidence = prior_slice_evidence(images01, lungs, resolve_device(device))
     if evidence is None:
         log.warning("The label-free prior could not be read: slice probabilities are the classifier's alone.")
-        return probs
-    return ((probs + evidence) / 2).astype(np.float32)
+        return probs, probs
+    return probs, ((probs + evidence) / 2).astype(np.float32)

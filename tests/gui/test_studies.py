@@ -97,6 +97,8 @@ def test_two_studies_switch_remove_undo_train_and_suggest(qtbot, window, small_d
     assert s.source_id == pick["source_id"] and w.view.index == pick["index"]
     assert s.project.label(s.source_id, s.slice_id(w.view.index)) is None
     assert w.view.index in w.label_panel.strip.suggested()
+    told = w.statusBar().currentMessage()
+    assert f"{pick['probability']:.2f}" in told and f"with the label-free prior {pick['slice_probability']:.2f}" in told
     if SHOTS:
         w.resize(1400, 900)
         qtbot.wait(100)
