@@ -18,6 +18,11 @@ The simulation (the labels are the data set's own, as the radiologist would give
   strategy's own order instead of its latest picks of the other kind (k stays k; the row says how many were
   swapped). Where even that cannot give both kinds the row says "cannot train".
 - reference: the classifier trained on the label of every training slice (1,252).
+- the AUC is of the product's slice probability: by default (`--slice-score classifier+prior`) the mean of the
+  classifier's probability and the label-free prior's evidence (weak/prior_cue.prior_slice_evidence, computed
+  once: it needs no labels); `--slice-score classifier` gives the classifier's alone, as in stops before 30
+  (docs/measurements/label_order*.json). The suggestions always rank by the classifier's own probability, as
+  suggest.py does: labels teach the classifier, never the prior.
 
 Every classifier is stage 1's own (weak/classifier_training.train_classifier, the function weak/job.run_stage1
 trains with) on the same input the job gives it (working size, learned lung field and its margin, computed once
@@ -53,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from covidseg_core.constants import FOREGROUND  # noqa: E402
+from covidseg_core.constants import FOREGROUND, SLICE_SCORES  # noqa: E402
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.events import drive  # noqa: E402
 from covidseg_core.imaging.lung_model import compute_lung_fields  # noqa: E402
@@ -64,6 +69,7 @@ from covidseg_core.suggest import rank_slices  # noqa: E402
 from covidseg_core.weak.classifier_training import compute_cams, train_classifier  # noqa: E402
 from covidseg_core.weak.config import MIN_PER_CLASS, Stage1Config  # noqa: E402
 from covidseg_core.weak.job import cam_pseudo_mask, classifier_inputs, study_clean_levels  # noqa: E402
+from covidseg_core.weak.prior_cue import prior_slice_evidence  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, TRAIN_VOLUMES, parse_args, split  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -126,11 +132,18 @@ def suggested(probs: np.ndarray, labelled: list[int], positions: dict[str, list[
 
 # --- training and scoring ---------------------------------------------------------------------------------------
 
-def prepared(images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(working-size images, lung fields at that size, what the classifier sees) as weak/job makes them, with the
-    learned lung field of every slice."""
-    work, lungs, seen = classifier_inputs(images, compute_lung_fields(images, "model")[0], size)
-    return work, lungs, np.ascontiguousarray(seen, dtype=np.float32)
+def prepared(images: np.ndarray, size: int, with_prior: bool, device) -> tuple[np.ndarray, ...]:
+    """(working-size images, lung fields at that size, what the classifier sees, the prior's evidence or None)
+    as weak/job and weak/scoring make them, with the learned lung field of every slice."""
+    native_lungs = compute_lung_fields(images, "model")[0]
+    work, lungs, seen = classifier_inputs(images, native_lungs, size)
+    evidence = prior_slice_evidence(images, native_lungs, device) if with_prior else None
+    return work, lungs, np.ascontiguousarray(seen, dtype=np.float32), evidence
+
+
+def with_evidence(probs: np.ndarray, evidence: np.ndarray | None) -> np.ndarray:
+    """The product's slice probability (weak/scoring.slice_probabilities) from the classifier's."""
+    return probs if evidence is None else (probs + evidence) / 2
 
 
 class Bench:
@@ -143,8 +156,9 @@ class Bench:
         self.positions = volume_positions(self.train.ids, self.train.groups)
         self.row_of = {sid: i for i, sid in enumerate(self.train.ids)}
         t0 = time.monotonic()
-        self.work, self.lungs, self.seen = prepared(self.train.images, args.size)
-        self.seen_test = prepared(self.test.images, args.size)[2]
+        with_prior = args.slice_score == "classifier+prior"
+        self.work, self.lungs, self.seen, _ = prepared(self.train.images, args.size, False, self.device)
+        _, _, self.seen_test, self.evidence_test = prepared(self.test.images, args.size, with_prior, self.device)
         log.info("%d training slices (%s), %d unseen; inputs ready in %.0f s", len(self.train),
                  ",".join(args.volumes), len(self.test), time.monotonic() - t0)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +167,8 @@ class Bench:
 
     def key(self, row: str, seed: int) -> str:
         vols = "" if tuple(self.args.volumes) == TRAIN_VOLUMES else "-" + "+".join(self.args.volumes)
-        return f"{row}-seed{seed}-e{self.args.epochs}-s{self.args.size}{vols}"
+        score = "" if self.args.slice_score == "classifier" else "-with-prior"
+        return f"{row}-seed{seed}-e{self.args.epochs}-s{self.args.size}{vols}{score}"
 
     def save(self, key: str, record: dict) -> None:
         self.results[key] = record
@@ -169,7 +184,7 @@ class Bench:
         cfg = self.config(seed)
         model, bank, history = drive(train_classifier(self.seen[idx], [self.train.labels[i] for i in idx], cfg,
                                                       self.device))
-        unseen = compute_cams(model, self.seen_test, self.device)[0]
+        unseen = with_evidence(compute_cams(model, self.seen_test, self.device)[0], self.evidence_test)
         groups = np.array(self.test.groups)
         return {"auc_unseen": round(roc_auc(unseen, self.y_test), 4),
                 "auc_per_volume": {v: round(roc_auc(unseen[groups == v], self.y_test[groups == v]), 4)
@@ -194,6 +209,7 @@ class Bench:
                 "pseudo_dice_pooled": round(report["dice_pooled"], 4)}
 
     def probabilities(self, model) -> np.ndarray:
+        """The classifier's probability of every training slice: what the suggestions rank by."""
         return compute_cams(model, self.seen, self.device)[0]
 
     def run(self, strategy: str, seed: int) -> None:
@@ -323,6 +339,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=30, help="classifier epochs, the same for every row")
     p.add_argument("--size", type=int, default=128, help="working size (the CPU default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--slice-score", choices=SLICE_SCORES, default=SLICE_SCORES[0],
+                   help="the slice probability the AUC and the suggestions use (weak/scoring.py)")
     p.add_argument("--volumes", default=",".join(TRAIN_VOLUMES), help="training volumes (a subset: smoke runs)")
     p.add_argument("--no-reference", action="store_true", help="skip the row trained on every slice's label")
     p.add_argument("--report", type=Path, help="also write the markdown table here")
@@ -337,7 +355,7 @@ def main(argv=None) -> int:
             bench.reference(seed)
     log.info("all rows done in %.0f s", time.monotonic() - t0)
     text = (f"Classifier epochs {args.epochs}, size {args.size}, seeds {' '.join(map(str, args.seeds))}, training "
-            f"volumes {','.join(args.volumes)}; AUC: mean (each seed).\n\n"
+            f"volumes {','.join(args.volumes)}, slice score {args.slice_score}; AUC: mean (each seed).\n\n"
             + table(bench.results, bench.key, sorted(args.ks), args.seeds, strategies))
     if args.report:
         args.report.write_text(text + "\n")
