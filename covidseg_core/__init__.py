@@ -37,6 +37,7 @@ Module map (imports go one way, down this list; tests/test_architecture.py check
   throughput.py        measures both stages' training speed on their own first steps, for the planner
   pipeline.py          the `train` job: weak, then seg (which never import each other), then a report
   project_training.py  `train --project`: the train job on every study of a project, then each study predicted
+  pseudo_job.py        the `pseudo` job: stage 1 alone, on a budget or the fixed schedule, under torchrun too
   suggest.py           which slice to label next: a run's classifier on every unlabelled slice, ranked
   phantom/             a synthetic chest CT with COVID-19 lesions (anatomy, vessel trees, lesions, scanner)
   demo.py              the synthetic demo study (the phantom written as NIfTI + image folder)

@@ -195,45 +195,6 @@ def run_stage1_once(slices, run: RunFolder, cfg: TrainConfig, device: torch.devi
     return metrics
 
 
-def pseudo_job(slices, out: str | Path, cfg: TrainConfig, device: str = "auto", cancel: CancelToken | None = None,
-               clock=time.monotonic, cue: str | None = None):
-    """Generator job for `covidseg pseudo`: stage 1 alone (weak/job.run_stage1). Without --budget it is the fixed
-    schedule (30 epochs at size 256, or what cfg gives); with one, stage 1 gets the whole budget, planned and
-    recorded in RUN/plan.json like a train run's (and reused when the same command runs again). `cue`: prior | cam
-    (None: as a train run with cfg would take it)."""
-    started = clock()
-    cancel = cancel or CancelToken()
-    dev = resolve_device(device)
-    _check_config(cfg, dev)
-    cfg = dataclasses.replace(cfg, budget_minutes=cfg.budget_minutes or 0, seg_epochs=None)
-    _check_data(slices, cfg, dev)
-    run = RunFolder(out)
-    recorded = run.read_json(PLAN_NAME) if run.exists() else None
-    plan = Plan.from_dict(recorded) if recorded else new_plan(cfg, dev, max(slices.images.shape[1:]))
-    eta = EtaTracker(clock, started, phases=("classifier", "pseudo"))
-    if plan.stage1 is None:
-        def left() -> float:
-            return plan.budget_s - (clock() - started) - reserve_seconds(plan.budget_s)
-        yield from decide_stage1(plan, slices, cfg, dev, cancel, clock, left, share=1.0)
-    for phase in ("classifier", "pseudo"):
-        eta.plan(phase, plan.stage1.get(f"{phase}_s"))
-
-    written = [False]
-
-    def record_and_eta(event) -> None:
-        # run_stage1 makes the run folder before its first event: the plan is written into it then
-        if not written[0] and run.exists():
-            run.write_json(PLAN_NAME, plan.to_dict())
-            written[0] = True
-        if isinstance(event, Progress):
-            event.eta_s = eta.eta(event.stage, event.done, event.total)
-    s1 = stage1_config(dataclasses.replace(cfg, size=plan.size, cls_epochs=plan.stage1["epochs"]), dev, cue)
-    metrics = yield from relay(run_stage1(slices, run.path, s1, cancel, log_epochs=True), record_and_eta)
-    metrics = {**(metrics or {}), "plan": {**plan.to_dict(), "actual_s": {"total": round(clock() - started, 1)}}}
-    run.write_json(METRICS_NAME, metrics)
-    yield Done(metrics)
-
-
 def _segmenter_start(cfg: TrainConfig):
     """Generator: the weights the segmenter starts from (None: random), with a note saying which and why."""
     if cfg.init == "none":
@@ -243,7 +204,7 @@ def _segmenter_start(cfg: TrainConfig):
     return state
 
 
-def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
+def check_config(cfg: TrainConfig, dev: torch.device) -> None:
     """Options that cannot work, before anything is read or written."""
     if any(e is not None and e < 1 for e in (cfg.cls_epochs, cfg.seg_epochs)):
         raise InputError("--cls-epochs and --seg-epochs must be at least 1.")
@@ -262,7 +223,7 @@ def _check_config(cfg: TrainConfig, dev: torch.device) -> None:
     budget_seconds(cfg.budget_minutes, dev.type == "cuda")     # a negative or non-finite budget is an InputError
 
 
-def _check_data(slices, cfg: TrainConfig, dev: torch.device, data=None) -> None:
+def check_data(slices, cfg: TrainConfig, dev: torch.device, data=None) -> None:
     """What stage 1 would refuse in these slices and labels (too few of a label, identical images...), checked
     before the run folder is made: a refused run leaves no folder behind, and the corrected command then starts
     afresh instead of being refused as trained on "other data"."""
@@ -284,11 +245,11 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
     cancel = cancel or CancelToken()
     started = clock()
     dev = resolve_device(device)
-    _check_config(cfg, dev)
+    check_config(cfg, dev)
     if slices is None or callable(slices):
         yield Message(f"reading {data}")
         slices = (slices or load_slice_set)(data, labels_csv)
-    _check_data(slices, cfg, dev, data)
+    check_data(slices, cfg, dev, data)
     if cfg.pixel_labels:             # their names and sizes, before the run folder is made (read again in stage 2)
         build_targets(slices, None, Path(cfg.pixel_labels))
     run = RunFolder(out)
@@ -373,7 +334,7 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
     started = clock()
     cancel = cancel or CancelToken()
     dev = resolve_device(device)
-    _check_config(cfg, dev)
+    check_config(cfg, dev)
     run = RunFolder(out)
     has = np.array([(t != IGNORE).any() for t in targets])
     h = hashlib.sha1(data_fingerprint(slices).encode())

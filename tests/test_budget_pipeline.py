@@ -186,7 +186,7 @@ def test_covidseg_train_on_the_demo_with_a_small_budget(tmp_path, capsys):
 
 
 def test_covidseg_pseudo_on_a_budget_records_its_plan_and_reuses_it(tmp_path, capsys):
-    from covidseg_core.pipeline import pseudo_job
+    from covidseg_core.pseudo_job import pseudo_job
     from covidseg_core.data import load_slice_set
 
     demo, run = tmp_path / "demo", tmp_path / "run"

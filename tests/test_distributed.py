@@ -174,13 +174,6 @@ def test_the_command_under_torchrun_asking_for_nccl_without_cuda_exits_2(monkeyp
     assert not (tmp_path / "run").exists()
 
 
-def test_pseudo_refuses_torchrun(monkeypatch, tmp_path, capsys):
-    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
-        monkeypatch.setenv(k, v)
-    assert main(["pseudo", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
-    assert "does not run under torchrun" in capsys.readouterr().err
-
-
 # --- one process: today's run --------------------------------------------------------------------------------
 
 def tiny() -> TrainConfig:
@@ -319,6 +312,25 @@ def test_a_failing_rank_ends_the_job_and_the_same_command_resumes(demo8, tmp_pat
 
 
 # --- train --project: every rank trains on the project's slices, rank 0 alone writes --------------------------
+
+@needs_gloo
+@pytest.mark.slow
+def test_two_processes_run_stage_1_alone_to_rank_0s_plan(demo8, tmp_path):
+    """`covidseg pseudo` under torchrun: rank 0 times the probe and plans, both ranks train to that plan, rank 0
+    alone prints and writes, and the run has a one-process run's files."""
+    args = ["pseudo", "--device", "cpu", "--size", "64", "--budget", "0.2", "--seed", "0", "--data", str(demo8)]
+    done = _torchrun(["-m", "covidseg_core"], [*args, "--out", str(tmp_path / "run")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)          # rank 0 alone printed: one JSON object on stdout
+    assert result["status"] == "complete" and result["counts"]["pseudo_masks"] == 8
+    run = RunFolder(tmp_path / "run")
+    plan = run.read_json("plan.json")
+    assert plan["stage1"]["how"] == "budget" and result["classifier"]["epochs"] == plan["stage1"]["epochs"]
+    assert [r["epoch"] for r in run.read_epochs()] == list(range(1, plan["stage1"]["epochs"] + 1))
+    one = _command(["-m", "covidseg_core", "--quiet", *args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert _files(tmp_path / "run") == _files(tmp_path / "one")
+
 
 def _demo_project(demo8: Path, folder: Path) -> Path:
     """A project of the demo study (its labels taken in) with one correction, which becomes a pixel label."""

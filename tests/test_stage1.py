@@ -154,7 +154,7 @@ def test_cancel_mid_epoch_returns_fast_and_leaves_a_consistent_run(tmp_path):
 def test_pseudo_rerun_after_an_interruption_logs_each_epoch_once(tmp_path):
     """Issue 15, item 12, for `covidseg pseudo`: the same command again starts stage 1 over; epochs.jsonl then holds
     each classifier epoch once (it used to keep the interrupted attempt's rows and log none of the new ones)."""
-    from covidseg_core.pipeline import pseudo_job
+    from covidseg_core.pseudo_job import pseudo_job
     from covidseg_core.train_config import TrainConfig
 
     slices = synthetic_slice_set(n_infected=6, n_clean=6, seed=6, size=32)

@@ -116,16 +116,6 @@ def _slice_loader(args):
     return partial(load_slice_set_cached, cache_dir=args.cache_dir)
 
 
-def _refuse_torchrun(command: str) -> None:
-    """Only `train` is made for several processes: others would all write the same folder."""
-    from .. import distributed
-    from ..errors import InputError
-
-    if distributed.launched():
-        raise InputError(f"`covidseg {command}` does not run under torchrun yet (only `covidseg train`).",
-                         "Run it as one process, without torchrun.")
-
-
 def _train_project(args, cfg) -> int:
     from .. import distributed
     from ..errors import InputError
@@ -144,14 +134,18 @@ def _train_project(args, cfg) -> int:
 
 
 def cmd_pseudo(args) -> int:
+    from .. import distributed
     from ..data import load_slice_set
-    from ..pipeline import pseudo_job
+    from ..pseudo_job import pseudo_job
 
     cfg = _train_config(args, seg=False)
-    _refuse_torchrun("pseudo")
     slices = load_slice_set(args.data, args.labels)
-    metrics = run_job(pseudo_job(slices, args.out, cfg, device=args.device, cue=args.cue), quiet=args.quiet)
-    print_json({"run": str(args.out), **(metrics or {})})
+    # under torchrun every rank trains stage 1 to rank 0's plan; rank 0 alone prints and writes the run
+    with distributed.session(args.device) as device:
+        metrics = run_job(pseudo_job(slices, args.out, cfg, device=device, cue=args.cue),
+                          quiet=args.quiet or not distributed.is_writer())
+        if distributed.is_writer():
+            print_json({"run": str(args.out), **(metrics or {})})
     return 0
 
 

@@ -82,7 +82,8 @@ def run_stage1(slices, out_dir: Path, config: Stage1Config, cancel: CancelToken 
     check_inputs(slices, config)
     device = resolve_device(config.device)
     started = time.monotonic()
-    owns = _start_run(run, config, slices, device)
+    with distributed.writer_first():     # under torchrun the other ranks find the run rank 0 made
+        owns = _start_run(run, config, slices, device)
     log_epochs = owns if log_epochs is None else log_epochs
     if log_epochs:
         # stage 1 keeps no checkpoint mid-way: a re-run starts it over, so the epochs an interrupted attempt
