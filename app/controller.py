@@ -283,10 +283,7 @@ class Controller(QObject):
             self.switch_study(pick["source_id"])
         else:
             self.slice_requested.emit(pick["slice_id"])
-        overall = pick.get("slice_probability", pick["probability"])
-        self.window.show_status(f"Suggested: slice {pick['index'] + 1} of {pick['study']} (classifier "
-                                f"{pick['probability']:.2f}, unsure; probability of infection with the label-free "
-                                f"prior {overall:.2f})", 8000)
+        self.window.show_status(tasks.suggestion_text(pick), 8000)
 
     def open_demo(self) -> None:
         """Write the demo study into the user's data folder (once) and open it with its project."""
