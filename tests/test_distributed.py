@@ -17,7 +17,7 @@ from covidseg_core import distributed
 from covidseg_core.cli import main
 from covidseg_core.distributed import World
 from covidseg_core.errors import InputError
-from covidseg_core.events import drive
+from covidseg_core.events import CancelToken, drive
 from covidseg_core.pipeline import train_job
 from covidseg_core.project.api import Project
 from covidseg_core.project.studies import add_study
@@ -271,6 +271,22 @@ def test_a_two_process_checkpoint_opens_in_predict_on_the_cpu(two_process_run, d
     assert main(["--quiet", "predict", "--run", str(run), "--input", str(demo8 / "images"),
                  "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     assert len(list((tmp_path / "pred").glob("*.png"))) == 8
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_the_app_predicts_a_study_with_a_two_process_run(two_process_run, demo8):
+    """The app's predict job (what "Use a trained model..." and a reopened project run) on a torchrun-trained run:
+    the study's mask, saved into the run, and its burden measured."""
+    from app import tasks
+    from covidseg_core.io.loader import open_study
+
+    run, done = two_process_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = open_study(demo8 / "volume" / "ct.nii.gz")
+    result = drive(tasks.predict_job(run, None, "demo8", study, "cpu", None)(CancelToken()))
+    assert result.prediction.shape == study.shape and set(np.unique(result.prediction)) <= {0, 1}
+    assert result.run == str(run) and result.quantification is not None
 
 
 # Dice mean (the run's own report on the demo's ground truth, all slices) of one-process runs on a 16-slice 64-pixel
