@@ -1,6 +1,5 @@
-"""`covidseg train` under torchrun (covidseg_core/distributed.py, docs/distributed.md): the helpers, the one-process
-run left as it was, and real 2-process gloo jobs on the CPU (the tiny demo study, 8 slices of 64 px), on --data and
-on a project of that study (--project)."""
+"""`covidseg train` and `pseudo` under torchrun (covidseg_core/distributed.py, docs/distributed.md): the helpers, the
+one-process run left as it was, real 2-process gloo jobs on the CPU (the demo study, 8 slices of 64 px)."""
 from __future__ import annotations
 
 import json

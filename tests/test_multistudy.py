@@ -65,8 +65,9 @@ def trained(studies, tmp_path_factory):
     base = tmp_path_factory.mktemp("trained")
     project, run = base / "project", base / "run"
     assert cli.main(["-q", "project", "create", str(project)]) == 0
-    assert cli.main(["-q", "project", "add", str(project), str(studies["a"]), "--labels", str(studies["a_labels"])]) == 0
-    assert cli.main(["-q", "project", "add", str(project), str(studies["b"]), "--labels", str(studies["b_labels"])]) == 0
+    for name in ("a", "b"):
+        assert cli.main(["-q", "project", "add", str(project), str(studies[name]),
+                         "--labels", str(studies[f"{name}_labels"])]) == 0
     assert cli.main(["-q", "train", "--project", str(project), "--out", str(run), *TINY]) == 0
     return project, run
 
