@@ -3,8 +3,9 @@
 The classifier sees what it saw in training (working size, lung field, its margin), read from the run's stage-1
 options. The product's slice probability (`slice_probabilities`: what a suggestion tells the radiologist, the
 benchmarks' slice AUC) is the mean of the classifier's and the label-free prior's evidence (weak/prior_cue.py) when
-the run's `slice_score` says so: the classifier learns the patients it was trained on, the prior never saw a slice label, and on zenodo-dev's
-unseen volumes their mean ranks slices better than either (docs/results.md, "Stage 1 classifier")."""
+the run's `slice_score` says so: the classifier learns the patients it was trained on, the prior never saw a slice
+label, and on zenodo-dev's unseen volumes their mean ranks slices better than either (docs/results.md, "Stage 1
+classifier")."""
 from __future__ import annotations
 
 import logging
