@@ -62,9 +62,8 @@ class Exported:
 def suggestion_text(pick: dict) -> str:
     """The status line for a suggested slice: why it was chosen (the classifier is unsure) and how likely the run
     finds infection there (the classifier with the label-free prior; covidseg_core.weak.scoring)."""
-    overall = pick.get("slice_probability", pick["probability"])
     return (f"Suggested: slice {pick['index'] + 1} of {pick['study']} (classifier {pick['probability']:.2f}, "
-            f"unsure; probability of infection with the label-free prior {overall:.2f})")
+            f"unsure; probability of infection with the label-free prior {pick['slice_probability']:.2f})")
 
 
 def suggest_job(project, studies: dict, device: str = "cpu"):

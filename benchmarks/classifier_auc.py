@@ -39,10 +39,11 @@ from covidseg_core.imaging.lung_model import compute_lung_fields  # noqa: E402
 from covidseg_core.infer.predict import predict_probabilities  # noqa: E402
 from covidseg_core.infer.prior_model import load_prior_model  # noqa: E402
 from covidseg_core.weak.prior_cue import EVIDENCE_SHARE, top_share_mean  # noqa: E402
-from covidseg_core.weak.scoring import classifier_probabilities, slice_probabilities  # noqa: E402
+from covidseg_core.weak.scoring import classifier_probabilities, slice_scores  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, parse_args, split  # noqa: E402
 
 log = logging.getLogger("bench")
+SCORES_FILE = "classifier_probabilities.npz"     # a run's classifier probabilities, kept for the --shares rows
 VARIANTS = {
     "default": dict(width=16, mask_input=True),
     "no-lung-mask": dict(width=16, mask_input=False),
@@ -78,12 +79,13 @@ def main(argv=None) -> int:
             cfg = Stage1Config(cls_epochs=args.epochs, size=args.size, seed=seed, device="auto", **VARIANTS[name])
             drive(run_stage1(train, run, cfg))
             seconds = round(time.monotonic() - t0)
-            on_train, unseen = classifier_scores(run, train, test)
-            with_prior = slice_probabilities(run, test.images)
+            on_train, train_with_prior = slice_scores(run, train.images)
+            unseen, with_prior = slice_scores(run, test.images)
+            np.savez(run / SCORES_FILE, train=on_train, unseen=unseen)
             results[key] = {
                 "variant": name, "seed": seed, "epochs": args.epochs, "size": args.size,
                 "auc_train": round(roc_auc(on_train, y_train), 4), **aucs(unseen, y_test, groups),
-                "with_prior": {"auc_train": round(roc_auc(slice_probabilities(run, train.images), y_train), 4),
+                "with_prior": {"auc_train": round(roc_auc(train_with_prior, y_train), 4),
                                **aucs(with_prior, y_test, groups)},
                 "seconds": seconds}
             results_path.write_text(json.dumps(results, indent=2))
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
 
 def classifier_scores(run: Path, train, test) -> tuple[np.ndarray, np.ndarray]:
     """The run's classifier's probabilities of the training and unseen slices (kept in the run folder)."""
-    path = run / "classifier_probabilities.npz"
+    path = run / SCORES_FILE
     if not path.is_file():
         np.savez(path, train=classifier_probabilities(run, train.images),
                  unseen=classifier_probabilities(run, test.images))

@@ -38,7 +38,7 @@ from covidseg_core.events import EpochReport, Message, drive  # noqa: E402
 from covidseg_core.pipeline import train_job, train_on_targets  # noqa: E402
 from covidseg_core.results.metrics import roc_auc  # noqa: E402
 from covidseg_core.train_config import TrainConfig  # noqa: E402
-from covidseg_core.weak.scoring import classifier_probabilities, slice_probabilities  # noqa: E402
+from covidseg_core.weak.scoring import slice_scores  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, parse_args, scores, split  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -99,11 +99,10 @@ class Bench:
                 kw["pixel_labels"] = str(self._pixel_masks(seed))
             metrics = drive(train_job(self.args.data, folder, self.cfg(seed, **kw), slices=self.train), _log)
         infected = np.array([lab == "infected" for lab in self.test.labels])
+        aucs = [None, None] if row == "ceiling" else \
+            [round(roc_auc(p, infected), 4) for p in slice_scores(folder, self.test.images)]
         value = {"row": row, "seed": seed, "unseen": scores(folder, self.test),
-                 "classifier_auc_unseen": None if row == "ceiling" else round(roc_auc(
-                     classifier_probabilities(folder, self.test.images), infected), 4),
-                 "slice_auc_unseen": None if row == "ceiling" else round(roc_auc(
-                     slice_probabilities(folder, self.test.images), infected), 4),
+                 "classifier_auc_unseen": aucs[0], "slice_auc_unseen": aucs[1],
                  "seconds": round(time.monotonic() - t0, 1), "plan": metrics.get("plan"),
                  "synthetic": (metrics.get("segmenter") or {}).get("synthetic"),
                  "train_report": metrics.get("ground_truth_report")}
