@@ -228,6 +228,19 @@ def gather_rows(n: int, compute):
     return out
 
 
+def mean_over_ranks(value: float, weight: float = 1.0) -> float:
+    """The `weight`-weighted mean of every rank's `value` (an epoch's training loss over each rank's slices),
+    the same on every rank; `value` itself on one process. Objects, not tensors: gloo and NCCL alike."""
+    if not active():
+        return value
+    import torch.distributed as tdist
+
+    parts = [None] * _world.size
+    tdist.all_gather_object(parts, (float(value) * weight, float(weight)))
+    total = sum(w for _, w in parts)
+    return sum(v for v, _ in parts) / total if total else float(value)
+
+
 def gather_to_writer(obj) -> list:
     """Every rank's `obj` in rank order on rank 0 ([obj] on one process; [] on the other ranks)."""
     if not active():

@@ -248,7 +248,7 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
             rate = (time.monotonic() - started) / (done - first_step)
             yield Progress("segmenter", done, total_steps, f"epoch {epoch}/{cfg.seg_epochs}",
                            eta_s=rate * (total_steps - done))
-        train_loss = running / max(seen, 1)
+        train_loss = distributed.mean_over_ranks(running / max(seen, 1), seen)     # every rank's slices
         if val_has_fg:
             val_loss, val_dice = evaluate_loss(model, val_x, val_y, device, bs * 2, cancel)
         else:   # too few slices held out, or none with a lesion to find: choose by training loss

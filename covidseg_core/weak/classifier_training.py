@@ -125,7 +125,7 @@ def train_classifier(images: np.ndarray, labels: list[str | None], config: Stage
                 maps[ids[i]] = {"cam": upsample_maps(bank.last[k], out_shape),
                                 "fused": upsample_maps(bank.fused(config.fusion, [k])[0], out_shape)}
         seconds = time.monotonic() - started
-        losses = {"loss": loss}
+        losses = {"loss": distributed.mean_over_ranks(loss)}     # the ranks' shards are equal (shard's padding)
         history.append({"stage": "classifier", "epoch": epoch, **losses, **metrics, "seconds": round(seconds, 3)})
         yield EpochReport("classifier", epoch, epochs, losses=losses, metrics=metrics, maps=maps, seconds=seconds)
     return model, bank, history
