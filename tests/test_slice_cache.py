@@ -207,6 +207,25 @@ def test_train_reads_its_data_through_the_cache_unless_told_not_to(demo, tmp_pat
     capsys.readouterr()
 
 
+def test_pseudo_reads_its_data_through_the_cache_unless_told_not_to(demo, tmp_path, monkeypatch, capsys):
+    from covidseg_core import pseudo_job
+    from covidseg_core.cli import main
+
+    seen = []
+
+    def job(slices, out, cfg, device="auto", cue=None):
+        seen.append(slices)
+        yield Done({"complete": True})
+
+    monkeypatch.setattr(pseudo_job, "pseudo_job", job)
+    assert main(["--quiet", "pseudo", "--data", str(demo), "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(tmp_path / "c1")]) == 0
+    assert len(entries(tmp_path / "c1")) == 1 and not seen[-1].images.flags.writeable     # mapped from the entry
+    assert main(["--quiet", "pseudo", "--data", str(demo), "--out", str(tmp_path / "run"), "--no-cache"]) == 0
+    assert seen[-1].images.flags.writeable and len(seen[-1]) == len(seen[0])              # a plain read
+    capsys.readouterr()
+
+
 def test_train_job_checks_its_options_before_calling_the_loader(tmp_path):
     from covidseg_core.pipeline import train_job
     from covidseg_core.train_config import TrainConfig

@@ -139,9 +139,9 @@ def cmd_pseudo(args) -> int:
     from ..pseudo_job import pseudo_job
 
     cfg = _train_config(args, seg=False)
-    slices = load_slice_set(args.data, args.labels)
-    # under torchrun every rank trains stage 1 to rank 0's plan; rank 0 alone prints and writes the run
+    # under torchrun every rank trains stage 1 to rank 0's plan; rank 0 alone decodes, prints and writes the run
     with distributed.session(args.device) as device:
+        slices = (_slice_loader(args) or load_slice_set)(args.data, args.labels)
         metrics = run_job(pseudo_job(slices, args.out, cfg, device=device, cue=args.cue),
                           quiet=args.quiet or not distributed.is_writer())
         if distributed.is_writer():
@@ -160,6 +160,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="where an infected slice's pseudo mask comes from: prior (default) = the label-free "
                    "segmenter prior shipped with covidseg, inside the lung field; cam = the fused CAM and the "
                    "density cue (the paper's method, what `train --synthetic off` uses)")
+    _add_cache_options(p)
     p.set_defaults(func=cmd_pseudo)
 
     t = sub.add_parser("train", help="labels -> classifier -> fused CAMs -> pseudo masks -> segmenter "
@@ -187,7 +188,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--pixel-labels", type=Path, default=None,
                    help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
                    "for those slices")
-    cache = t.add_mutually_exclusive_group()
+    _add_cache_options(t)
+    t.set_defaults(func=cmd_train)
+
+
+def _add_cache_options(p: argparse.ArgumentParser) -> None:
+    cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                        help="where --data's decoded slices are kept, memory-mapped, for every torchrun process and "
                        "later runs (decoded once; a changed file is decoded again). Default: $COVIDSEG_CACHE_DIR, "
@@ -195,4 +201,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "written: the data is read without it, with a warning")
     cache.add_argument("--no-cache", action="store_true",
                        help="read --data without the slice cache (every torchrun process decodes it)")
-    t.set_defaults(func=cmd_train)
