@@ -192,16 +192,6 @@ def shard(batch: np.ndarray) -> np.ndarray:
     return padded[_world.rank::_world.size]
 
 
-def shard_pair(x, y):
-    """This rank's rows of a global batch of tensors (x, y), by `shard`'s rule."""
-    if not active():
-        return x, y
-    import torch
-
-    keep = torch.from_numpy(shard(np.arange(len(x))))
-    return x[keep], y[keep]
-
-
 def rank_rng(shared: np.random.Generator, *key: int) -> np.random.Generator:
     """The rng a rank augments with: `shared` on one process; under torchrun one of its own from (key, rank),
     so the ranks, which share the batch order, do not also share their flips and crops."""

@@ -45,6 +45,8 @@ from .events import EpochReport
 from .io.images import IMAGE_SUFFIXES, read_gray
 
 log = logging.getLogger(__name__)
+# TrainConfig fields a resumed run may change: how the work is spread, not what is learnt
+RESUME_FREE_OPTIONS = ("data_workers",)
 
 RUN_FORMAT = 1                 # bump when the layout or checkpoint content changes incompatibly
 CONFIG_NAME = "config.json"
@@ -213,9 +215,11 @@ class RunFolder:
                            "Train again with this version, or use the covidseg version that made the run.")
 
     def check_resumable(self, config: dict, options: dict, data: dict) -> None:
-        """A run may only be resumed with the options and data it was started with."""
+        """A run may only be resumed with the options and data it was started with (options that change how it
+        is computed, never what it learns, may differ: RESUME_FREE_OPTIONS)."""
         old = config.get("options", {})
-        diff = [k for k in sorted(set(old) | set(options)) if old.get(k) != options.get(k)]
+        diff = [k for k in sorted(set(old) | set(options))
+                if old.get(k) != options.get(k) and k not in RESUME_FREE_OPTIONS]
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {options.get(k)!r}" for k in diff[:4])
             raise RunError(f"Run {self.path} was started with other options ({shown}).",

@@ -11,8 +11,8 @@ from .budget import AUTO
 
 @dataclass
 class TrainConfig:
-    """What `covidseg train` asks for. All fields but `device` must match to resume a run. None (and AUTO) mean
-    "let the device and the time budget decide" (budget.py); the decisions are recorded in RUN/plan.json."""
+    """What `covidseg train` asks for. All fields but `data_workers` must match to resume a run. None (and AUTO)
+    mean "let the device and the time budget decide" (budget.py); the decisions are recorded in RUN/plan.json."""
     fusion: str = "avg"               # avg | max | none (stage-1 attention fusion)
     size: int | str | None = AUTO     # longer side slices are scaled to in both stages (None = native; AUTO:
     #                                   256, or 128 for a budgeted run on a CPU: budget.working_profile)
@@ -38,6 +38,9 @@ class TrainConfig:
     #                                   >= 0.25 beats none on the training volumes; more marks more of a study's
     #                                   own clean slices (docs/results.md, "Keeping part of the prior")
     fast: bool = False
+    data_workers: int | None = None   # processes drawing the synthetic pairs ahead of the steps (synth/workers.py;
+    #                                   None: 0 on a CPU, up to 4 on a GPU); never changes what a run learns, so a
+    #                                   resumed run may use another number (runs.RESUME_FREE_OPTIONS)
 
     def options(self) -> dict:
         opts = dataclasses.asdict(self)

@@ -88,11 +88,9 @@ def test_the_classifier_probe_counts_each_rank_training_its_share_of_an_epoch(mo
 def test_one_process_helpers_hand_back_their_input():
     assert not distributed.active() and distributed.is_writer()
     batch = np.arange(5)
-    x, y = torch.zeros(3, 1, 2, 2), torch.ones(3, 2, 2)
     rng = np.random.default_rng(0)
     model = torch.nn.Linear(2, 2)
     assert distributed.shard(batch) is batch
-    assert distributed.shard_pair(x, y)[0] is x
     assert distributed.rank_rng(rng, 1, 2) is rng
     assert distributed.wrap(model, torch.device("cpu")) is model
     assert distributed.broadcast(batch) is batch
@@ -111,8 +109,6 @@ def test_shards_cover_every_global_batch_with_equal_padded_parts(two_ranks):
         parts.append(distributed.shard(batch))
     assert [p.tolist() for p in parts] == [[10, 12, 14], [11, 13, 10]]     # padded with the batch's start
     assert set(np.concatenate(parts)) == set(batch)
-    x, y = torch.arange(5.0)[:, None], torch.arange(5)
-    assert distributed.shard_pair(x, y)[1].tolist() == [1, 3, 0]
     assert distributed.my_share(list("abcde")) == ["b", "d"]
 
 

@@ -19,6 +19,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{value} must lie between 0 and 64 (0: draw in the training process)")
+    return value
+
+
 def budget_minutes(text: str) -> float:
     try:
         value = float(text)
@@ -83,6 +93,7 @@ def _train_config(args, seg: bool):
         "init": getattr(args, "init", None) if seg else None,
         "prior_share": getattr(args, "prior_share", None) if seg else None,
         "seg_epochs": getattr(args, "seg_epochs", None) if seg else None,
+        "data_workers": getattr(args, "data_workers", None) if seg else None,
         "pixel_labels": str(args.pixel_labels.resolve()) if getattr(args, "pixel_labels", None) else None,
     }.items() if v is not None}
     return fast_config(**overrides) if args.fast else TrainConfig(**overrides)
@@ -188,6 +199,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--pixel-labels", type=Path, default=None,
                    help="folder of PNG masks (0/255, named as the images) for some slices: full supervision "
                    "for those slices")
+    t.add_argument("--data-workers", type=worker_count, default=None, metavar="N",
+                   help="processes that draw the synthetic lesions ahead of the training steps (default: 0 on a CPU, "
+                   "where the steps use every core; up to 4 on a GPU). Never changes what the run learns")
     _add_cache_options(t)
     t.set_defaults(func=cmd_train)
 

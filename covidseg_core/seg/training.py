@@ -5,6 +5,7 @@ exactly like an uninterrupted one. The optimisation step itself is the shared tr
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,7 @@ from ..imaging.resize import resize_stack, stack_to_torch, working_shape
 from ..infer.device import autocast
 from ..models.segmenter import build_from_spec
 from ..runs import BEST, LAST, RunFolder
+from ..synth.workers import PairWorkers, auto_workers
 from ..train_step import TrainStep, warmup_cosine
 from .losses import tversky_focal_loss
 from .prior import blend_with_start
@@ -35,12 +37,20 @@ class SegmenterOptions(Protocol):
     crop: int | None
     steps_per_epoch: int | None
     prior_share: float
+    data_workers: int | None
 
     def model_spec(self) -> dict: ...
 
 
 class PairSource(Protocol):
-    """Training pairs made on the fly (synth.source.SyntheticSource): new ones every epoch, from (seed, epoch)."""
+    """Training pairs made on the fly (synth.source.SyntheticSource): new ones every epoch, each from (seed,
+    epoch, its index), so any subset can be drawn by any process (synth/workers.py)."""
+    def __len__(self) -> int: ...
+
+    def native_pairs(self, epoch: int, indices) -> list: ...
+
+    def to_work(self, pairs: list) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def epoch_pairs(self, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -65,20 +75,38 @@ class SegmenterData:
             return n_real
         return n_real + int(round(max(n_real, 1) * self.synthetic_share / (1 - self.synthetic_share)))
 
-    def epoch_batches(self, epoch: int, rng: np.random.Generator, n_samples: int, batch_size: int):
-        """(x, y) batches of one epoch: `n_samples` drawn from the shuffled training slices and fresh synthetic
-        pairs in their share, shuffled together."""
+    def epoch_batches(self, epoch: int, rng: np.random.Generator, n_samples: int, batch_size: int,
+                      workers: PairWorkers | None = None, ahead: int = 2):
+        """This rank's (x, y) of each global batch of one epoch: `n_samples` drawn from the shuffled training
+        slices and fresh synthetic pairs in their share, shuffled together, each global batch split between the
+        ranks by distributed.shard. Only this rank's synthetic pairs are drawn, by `workers` (when given)
+        `ahead` batches before they are needed, so the drawing overlaps the training steps."""
         n_syn = 0 if self.synthetic is None else int(round(n_samples * self.synthetic_share))
         n_syn = n_samples if len(self.train_idx) == 0 else n_syn
         real = self.train_idx[rng.permutation(len(self.train_idx))][: n_samples - n_syn]
-        xs, ys = (self.synthetic.epoch_pairs(epoch, n_syn) if n_syn else
-                  (self.images[:0], self.targets[:0]))
-        x_all = torch.cat([self.images[real], xs]) if n_syn else self.images[real]
-        y_all = torch.cat([self.targets[real], ys]) if n_syn else self.targets[real]
-        order = torch.from_numpy(rng.permutation(len(x_all)))
-        for s in range(0, len(order), batch_size):
-            b = order[s:s + batch_size]
-            yield x_all[b], y_all[b]
+        order = rng.permutation(len(real) + n_syn)         # items past len(real) are synthetic pair numbers
+        batches = [distributed.shard(order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
+        draw = workers or (PairWorkers(self.synthetic, 0) if n_syn else None)
+        pending: dict[int, object] = {}
+
+        def start(b: int) -> None:
+            syn = batches[b][batches[b] >= len(real)] - len(real)
+            if len(syn):
+                pending[b] = draw.submit(epoch, syn)
+
+        for b in range(min(ahead, len(batches))):
+            start(b)
+        for b, items in enumerate(batches):
+            if b + ahead < len(batches):
+                start(b + ahead)
+            is_syn = torch.from_numpy(items >= len(real))
+            x = torch.empty((len(items), *self.images.shape[1:]), dtype=self.images.dtype)
+            y = torch.empty((len(items), *self.targets.shape[1:]), dtype=self.targets.dtype)
+            mine = torch.from_numpy(real[items[~is_syn.numpy()]])
+            x[~is_syn], y[~is_syn] = self.images[mine], self.targets[mine]
+            if b in pending:
+                x[is_syn], y[is_syn] = draw.collect(pending.pop(b))
+            yield x, y
 
     def validation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out slices with their targets, plus fixed synthetic pairs when synthetic pairs train."""
@@ -233,36 +261,48 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
                       "by training loss", "warning")
     model.train()
     started, first_step = time.monotonic(), (start_epoch - 1) * n_batches
-    for epoch in range(start_epoch, cfg.seg_epochs + 1):
-        t0 = time.monotonic()
-        rng = _epoch_rng(cfg.seed, epoch)
-        aug_rng = distributed.rank_rng(rng, cfg.seed, epoch)
-        running, seen = 0.0, 0
-        for bi, (x, y) in enumerate(data.epoch_batches(epoch, rng, min(data.epoch_size, n_batches * global_bs),
-                                                       global_bs)):
-            cancel.raise_if_cancelled()
-            x, y = distributed.shard_pair(x, y)
-            running += step(x, y, rng=aug_rng, where=f"at epoch {epoch}") * len(x)
-            seen += len(x)
-            done = (epoch - 1) * n_batches + bi + 1
-            rate = (time.monotonic() - started) / (done - first_step)
-            yield Progress("segmenter", done, total_steps, f"epoch {epoch}/{cfg.seg_epochs}",
-                           eta_s=rate * (total_steps - done))
-        train_loss = distributed.mean_over_ranks(running / max(seen, 1), seen)     # every rank's slices
-        if val_has_fg:
-            val_loss, val_dice = evaluate_loss(model, val_x, val_y, device, bs * 2, cancel)
-        else:   # too few slices held out, or none with a lesion to find: choose by training loss
-            val_loss, val_dice = train_loss, float("nan")
-        if val_loss < best_val:
-            best_val, best_epoch = val_loss, epoch
-        _checkpoint(run, cfg, model, optimizer, step, epoch, val_loss, best_val, best_epoch, init_state)
-        seconds = time.monotonic() - t0
-        run.append_epoch({"stage": "segmenter", "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                          "val_dice_vs_targets": val_dice, "best_epoch": best_epoch, "seconds": round(seconds, 3)})
-        yield EpochReport("segmenter", epoch, cfg.seg_epochs, losses={"train": train_loss, "val": val_loss},
-                          metrics={"val_dice_vs_targets": val_dice}, seconds=seconds)
+    with _pair_workers(data, cfg, device) as workers:      # drawing ahead while the steps train
+        for epoch in range(start_epoch, cfg.seg_epochs + 1):
+            t0 = time.monotonic()
+            rng = _epoch_rng(cfg.seed, epoch)
+            aug_rng = distributed.rank_rng(rng, cfg.seed, epoch)
+            running, seen = 0.0, 0
+            n_samples = min(data.epoch_size, n_batches * global_bs)
+            for bi, (x, y) in enumerate(data.epoch_batches(epoch, rng, n_samples, global_bs, workers)):  # rank's share
+                cancel.raise_if_cancelled()
+                running += step(x, y, rng=aug_rng, where=f"at epoch {epoch}") * len(x)
+                seen += len(x)
+                done = (epoch - 1) * n_batches + bi + 1
+                rate = (time.monotonic() - started) / (done - first_step)
+                yield Progress("segmenter", done, total_steps, f"epoch {epoch}/{cfg.seg_epochs}",
+                               eta_s=rate * (total_steps - done))
+            train_loss = distributed.mean_over_ranks(running / max(seen, 1), seen)     # every rank's slices
+            if val_has_fg:
+                val_loss, val_dice = evaluate_loss(model, val_x, val_y, device, bs * 2, cancel)
+            else:   # too few slices held out, or none with a lesion to find: choose by training loss
+                val_loss, val_dice = train_loss, float("nan")
+            if val_loss < best_val:
+                best_val, best_epoch = val_loss, epoch
+            _checkpoint(run, cfg, model, optimizer, step, epoch, val_loss, best_val, best_epoch, init_state)
+            seconds = time.monotonic() - t0
+            run.append_epoch({"stage": "segmenter", "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                              "val_dice_vs_targets": val_dice, "best_epoch": best_epoch,
+                              "seconds": round(seconds, 3)})
+            yield EpochReport("segmenter", epoch, cfg.seg_epochs, losses={"train": train_loss, "val": val_loss},
+                              metrics={"val_dice_vs_targets": val_dice}, seconds=seconds)
     return {"epochs": cfg.seg_epochs, "steps_per_epoch": n_batches, "best_epoch": best_epoch,
             "best_val_loss": best_val, "n_train": int(len(train_idx)), "n_val": int(len(val_idx))}
+
+
+def _pair_workers(data: SegmenterData, cfg: SegmenterOptions, device: torch.device):
+    """The worker processes that draw the synthetic pairs (cfg.data_workers, None: synth.workers.auto_workers),
+    or none when nothing synthetic trains."""
+    if data.synthetic is None or data.synthetic_share <= 0:
+        return contextlib.nullcontext(None)
+    n = cfg.data_workers
+    if n is None:
+        n = auto_workers(getattr(device, "type", str(device)), distributed.env_world().local_size)
+    return PairWorkers(data.synthetic, n)
 
 
 def _resume(run: RunFolder, model, optimizer, step: TrainStep) -> tuple[int, float, int]:

@@ -1,10 +1,13 @@
 """A seeded supply of synthetic training pairs for the segmenter, drawn fresh every epoch.
 
 Every epoch draws new lesions on the study's clean slices from (seed, epoch) alone, so the network never sees
-the same synthetic lesion twice and a resumed run draws exactly what an uninterrupted one would have. Lesions
-are drawn at the slice's own size (where the lung field and the levels were measured) and then brought to the
-working size like every other training image. A share of the draws keeps the clean slice unchanged: normal lung
-with an all-background target, so the network also learns what is not a lesion.
+the same synthetic lesion twice and a resumed run draws exactly what an uninterrupted one would have. Each pair
+has a random stream of its own, from (seed, epoch, its index), so any subset of an epoch's pairs can be drawn in
+any order, by any process (a torchrun rank draws only the pairs of its shards; synth/workers.py draws them in
+worker processes) and comes out the same. Lesions are drawn at the slice's own size (where the lung field and
+the levels were measured) and then brought to the working size like every other training image. A share of the
+draws keeps the clean slice unchanged: normal lung with an all-background target, so the network also learns
+what is not a lesion.
 """
 from __future__ import annotations
 
@@ -34,22 +37,38 @@ class SyntheticSource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def epoch_pairs(self, epoch: int, n: int):
+    def native_pairs(self, epoch: int, indices) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Pairs `indices` of `epoch` at the slices' own size: (image float32, bool mask) each."""
+        if len(self) == 0:
+            raise ValueError("no usable clean slice to draw synthetic lesions on")
+        return [draw_pair(self.images, self.lungs, self.levels, self.params, self.seed, epoch, i) for i in indices]
+
+    def to_work(self, pairs: list[tuple[np.ndarray, np.ndarray]]):
         """(x (n, 1, h, w) float32 tensor, y (n, h, w) uint8 tensor 0/1) at the working size."""
         import torch
 
+        x = resize_stack(torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None], self.work_shape)
+        y = resize_stack(torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.float32))[:, None],
+                         self.work_shape, mode="nearest")
+        return x.contiguous(), y[:, 0].to(torch.uint8).contiguous()
+
+    def pairs(self, epoch: int, indices):
+        """Pairs `indices` of `epoch` at the working size, as `to_work` gives them."""
+        return self.to_work(self.native_pairs(epoch, indices))
+
+    def epoch_pairs(self, epoch: int, n: int):
+        """The first `n` pairs of `epoch` at the working size (`to_work`)."""
         if len(self) == 0 or n <= 0:
             raise ValueError("no usable clean slice to draw synthetic lesions on")
-        rng = np.random.default_rng([self.seed, int(epoch), 18])
-        xs, ys = [], []
-        for _ in range(int(n)):
-            k = int(rng.integers(len(self)))
-            if rng.random() < UNCHANGED_SHARE:
-                img, mask = self.images[k], np.zeros(self.images.shape[1:], dtype=bool)
-            else:
-                img, mask = synthesize(self.images[k], self.lungs[k], rng, self.params, self.levels[k])
-            xs.append(img)
-            ys.append(mask)
-        x = resize_stack(torch.from_numpy(np.stack(xs))[:, None], self.work_shape)
-        y = resize_stack(torch.from_numpy(np.stack(ys).astype(np.float32))[:, None], self.work_shape, mode="nearest")
-        return x.contiguous(), y[:, 0].to(torch.uint8).contiguous()
+        return self.pairs(epoch, range(int(n)))
+
+
+def draw_pair(images: np.ndarray, lungs: np.ndarray, levels: list, params: LesionParams, seed: int, epoch: int,
+              index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pair `index` of `epoch`: a clean slice picked, then left unchanged or given lesions, all from the pair's
+    own stream (a plain function of its arguments, so a worker process draws the same pair)."""
+    rng = np.random.default_rng([int(seed), int(epoch), 18, int(index)])
+    k = int(rng.integers(len(images)))
+    if rng.random() < UNCHANGED_SHARE:
+        return images[k], np.zeros(images.shape[1:], dtype=bool)
+    return synthesize(images[k], lungs[k], rng, params, levels[k])
