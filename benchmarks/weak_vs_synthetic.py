@@ -82,8 +82,7 @@ class Bench:
         size |= {"crop": self.args.crop} if self.args.crop else {}
         init = {"init": str(self.args.init)} if self.args.init and "init" not in kw else {}
         lr = {"lr": self.args.lr} if self.args.lr else {}
-        hard = {} if self.args.hard_negatives is None else {"hard_negative_weight": self.args.hard_negatives}
-        return TrainConfig(seed=seed, budget_minutes=self.args.budget, **size, **init, **lr, **hard, **kw)
+        return TrainConfig(seed=seed, budget_minutes=self.args.budget, **size, **init, **lr, **kw)
 
     def run(self, row: str, seed: int) -> dict:
         key = f"{row}-s{seed}"
@@ -193,8 +192,6 @@ def main(argv=None) -> int:
                    "one, when the run's network and size fit), none, or a prior file; for unseen-volume rows use a "
                    "prior trained on the training volumes only")
     p.add_argument("--lr", type=float, default=None, help="segmenter peak learning rate (default: TrainConfig's)")
-    p.add_argument("--hard-negatives", type=float, default=None,
-                   help="TrainConfig.hard_negative_weight of every row (default: TrainConfig's)")
     p.add_argument("--app-volumes", default="c01,c06,r02")
     p.add_argument("--app-synthetic", choices=SYNTHETIC_MODES, default=None,
                    help="--synthetic of the app rows (default: TrainConfig's); use another --out per mode")

@@ -37,8 +37,6 @@ class TrainConfig:
     #                                   blend_with_start; 0: the fine-tuned weights alone). zenodo-dev: any share
     #                                   >= 0.25 beats none on the training volumes; more marks more of a study's
     #                                   own clean slices (docs/results.md, "Keeping part of the prior")
-    hard_negative_weight: float = 0.0  # a clean training slice the segmenter marked is drawn 1 + this times as
-    #                                   often in its next epoch (seg/hard_negatives.py); 0: every slice once
     fast: bool = False
     data_workers: int | None = None   # processes drawing the synthetic pairs ahead of the steps (synth/workers.py;
     #                                   None: 0 on a CPU, up to 4 on a GPU); never changes what a run learns, so a

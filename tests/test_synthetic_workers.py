@@ -81,7 +81,7 @@ def test_each_rank_draws_only_the_pairs_of_its_shards(source, monkeypatch):
     whole, drawn = _batches(source, None, monkeypatch)
     (r0, drawn0), (r1, drawn1) = (_batches(source, r, monkeypatch) for r in (0, 1))
     assert drawn == list(range(6)) and sorted(drawn0 + drawn1) == drawn and drawn0 and drawn1
-    for (x, y, _), (x0, y0, _), (x1, y1, _) in zip(whole, r0, r1):     # shard's rule: every second item
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, r0, r1):     # shard's rule: every second item from the rank's
         assert torch.equal(x[0::2], x0) and torch.equal(x[1::2], x1)
         assert torch.equal(y[0::2], y0) and torch.equal(y[1::2], y1)
 

@@ -24,7 +24,6 @@ from ..models.segmenter import build_from_spec
 from ..runs import BEST, LAST, RunFolder
 from ..synth.workers import PairWorkers, auto_workers
 from ..train_step import TrainStep, warmup_cosine
-from .hard_negatives import HardNegatives
 from .losses import tversky_focal_loss
 from .prior import blend_with_start
 
@@ -39,7 +38,6 @@ class SegmenterOptions(Protocol):
     steps_per_epoch: int | None
     prior_share: float
     data_workers: int | None
-    hard_negative_weight: float
 
     def model_spec(self) -> dict: ...
 
@@ -78,20 +76,14 @@ class SegmenterData:
         return n_real + int(round(max(n_real, 1) * self.synthetic_share / (1 - self.synthetic_share)))
 
     def epoch_batches(self, epoch: int, rng: np.random.Generator, n_samples: int, batch_size: int,
-                      workers: PairWorkers | None = None, ahead: int = 2, weights: np.ndarray | None = None):
-        """This rank's (x, y, positions) of each global batch of one epoch: `n_samples` drawn from the shuffled
-        training slices and fresh synthetic pairs in their share, shuffled together, each global batch split
-        between the ranks by distributed.shard; `positions`: each item's place in train_idx (-1: synthetic).
-        The training slices are each taken once, or, with `weights` (one per training slice), drawn with
-        replacement in proportion to them (hard_negatives.py). Only this rank's synthetic pairs are drawn, by
-        `workers` (when given) `ahead` batches before they are needed, so the drawing overlaps the steps."""
+                      workers: PairWorkers | None = None, ahead: int = 2):
+        """This rank's (x, y) of each global batch of one epoch: `n_samples` drawn from the shuffled training
+        slices and fresh synthetic pairs in their share, shuffled together, each global batch split between the
+        ranks by distributed.shard. Only this rank's synthetic pairs are drawn, by `workers` (when given)
+        `ahead` batches before they are needed, so the drawing overlaps the training steps."""
         n_syn = 0 if self.synthetic is None else int(round(n_samples * self.synthetic_share))
         n_syn = n_samples if len(self.train_idx) == 0 else n_syn
-        if weights is None:
-            real_pos = rng.permutation(len(self.train_idx))[: n_samples - n_syn]
-        else:
-            real_pos = rng.choice(len(self.train_idx), size=n_samples - n_syn, p=weights / weights.sum())
-        real = self.train_idx[real_pos]
+        real = self.train_idx[rng.permutation(len(self.train_idx))][: n_samples - n_syn]
         order = rng.permutation(len(real) + n_syn)         # items past len(real) are synthetic pair numbers
         batches = [distributed.shard(order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
         draw = workers or (PairWorkers(self.synthetic, 0) if n_syn else None)
@@ -110,13 +102,11 @@ class SegmenterData:
             is_syn = torch.from_numpy(items >= len(real))
             x = torch.empty((len(items), *self.images.shape[1:]), dtype=self.images.dtype)
             y = torch.empty((len(items), *self.targets.shape[1:]), dtype=self.targets.dtype)
-            positions = np.full(len(items), -1)
-            positions[~is_syn.numpy()] = real_pos[items[~is_syn.numpy()]]
-            mine = torch.from_numpy(self.train_idx[positions[positions >= 0]])
+            mine = torch.from_numpy(real[items[~is_syn.numpy()]])
             x[~is_syn], y[~is_syn] = self.images[mine], self.targets[mine]
             if b in pending:
                 x[is_syn], y[is_syn] = draw.collect(pending.pop(b))
-            yield x, y, positions
+            yield x, y
 
     def validation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Held-out slices with their targets, plus fixed synthetic pairs when synthetic pairs train."""
@@ -254,13 +244,11 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
-    background = np.array([not bool(data.targets[i].any()) for i in train_idx], dtype=bool)
-    hard = HardNegatives(background, cfg.hard_negative_weight)
     step = TrainStep(distributed.wrap(model, device), optimizer, device,
-                     hard.wrap(lambda logits, y: tversky_focal_loss(logits, y.long())),
+                     lambda logits, y: tversky_focal_loss(logits, y.long()),
                      augment=lambda x, y, rng: augment(x, y, rng, cfg.crop), scheduler=scheduler, what="segmenter",
                      hint="Lower the learning rate or check the images, then train again into a new folder.")
-    start_epoch, best_val, best_epoch = _resume(run, model, optimizer, step, hard)
+    start_epoch, best_val, best_epoch = _resume(run, model, optimizer, step)
     scheduler.last_epoch = (start_epoch - 1) * n_batches      # the schedule continues where the run stopped
     if start_epoch > 1 and start_epoch <= cfg.seg_epochs:
         yield Message(f"resuming the segmenter from epoch {start_epoch - 1} of {cfg.seg_epochs}")
@@ -280,25 +268,22 @@ def train_segmenter(data: SegmenterData, cfg: SegmenterOptions, run: RunFolder, 
             aug_rng = distributed.rank_rng(rng, cfg.seed, epoch)
             running, seen = 0.0, 0
             n_samples = min(data.epoch_size, n_batches * global_bs)
-            batches = data.epoch_batches(epoch, rng, n_samples, global_bs, workers, weights=hard.weights())
-            for bi, (x, y, positions) in enumerate(batches):      # this rank's share of each global batch
+            for bi, (x, y) in enumerate(data.epoch_batches(epoch, rng, n_samples, global_bs, workers)):  # rank's share
                 cancel.raise_if_cancelled()
-                done = (epoch - 1) * n_batches + bi + 1
-                hard.current = (positions, done) if hard.active else None
                 running += step(x, y, rng=aug_rng, where=f"at epoch {epoch}") * len(x)
                 seen += len(x)
+                done = (epoch - 1) * n_batches + bi + 1
                 rate = (time.monotonic() - started) / (done - first_step)
                 yield Progress("segmenter", done, total_steps, f"epoch {epoch}/{cfg.seg_epochs}",
                                eta_s=rate * (total_steps - done))
             train_loss = distributed.mean_over_ranks(running / max(seen, 1), seen)     # every rank's slices
-            hard.sync()
             if val_has_fg:
                 val_loss, val_dice = evaluate_loss(model, val_x, val_y, device, bs * 2, cancel)
             else:   # too few slices held out, or none with a lesion to find: choose by training loss
                 val_loss, val_dice = train_loss, float("nan")
             if val_loss < best_val:
                 best_val, best_epoch = val_loss, epoch
-            _checkpoint(run, cfg, model, optimizer, step, hard, epoch, val_loss, best_val, best_epoch, init_state)
+            _checkpoint(run, cfg, model, optimizer, step, epoch, val_loss, best_val, best_epoch, init_state)
             seconds = time.monotonic() - t0
             run.append_epoch({"stage": "segmenter", "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                               "val_dice_vs_targets": val_dice, "best_epoch": best_epoch,
@@ -320,7 +305,7 @@ def _pair_workers(data: SegmenterData, cfg: SegmenterOptions, device: torch.devi
     return PairWorkers(data.synthetic, n)
 
 
-def _resume(run: RunFolder, model, optimizer, step: TrainStep, hard: HardNegatives) -> tuple[int, float, int]:
+def _resume(run: RunFolder, model, optimizer, step: TrainStep) -> tuple[int, float, int]:
     """(first epoch to train, best validation loss so far, its epoch): from RUN's last checkpoint if any."""
     if not run.checkpoint_path(LAST).is_file():
         return 1, float("inf"), 0
@@ -328,14 +313,13 @@ def _resume(run: RunFolder, model, optimizer, step: TrainStep, hard: HardNegativ
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     step.load_state_dict(state.get("scaler"))
-    hard.load_state_dict(state.get("hard_negatives"))
     start_epoch = int(state["epoch"]) + 1
     run.drop_epochs_after("segmenter", start_epoch - 1)
     return start_epoch, float(state["best_val"]), int(state["best_epoch"])
 
 
-def _checkpoint(run: RunFolder, cfg: SegmenterOptions, model, optimizer, step: TrainStep, hard: HardNegatives,
-                epoch: int, val_loss: float, best_val: float, best_epoch: int, start: dict | None = None) -> None:
+def _checkpoint(run: RunFolder, cfg: SegmenterOptions, model, optimizer, step: TrainStep, epoch: int,
+                val_loss: float, best_val: float, best_epoch: int, start: dict | None = None) -> None:
     spec = cfg.model_spec()
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if best_epoch == epoch:    # best first: if we die between the two writes, resuming redoes this epoch identically
@@ -347,6 +331,4 @@ def _checkpoint(run: RunFolder, cfg: SegmenterOptions, model, optimizer, step: T
             "best_epoch": best_epoch, "spec": spec}
     if step.scales_gradients:
         last["scaler"] = step.state_dict()
-    if hard.active:
-        last["hard_negatives"] = hard.state_dict()
     run.save_checkpoint(last, LAST)
