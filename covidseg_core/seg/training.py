@@ -99,10 +99,11 @@ class SegmenterData:
         for b, items in enumerate(batches):
             if b + ahead < len(batches):
                 start(b + ahead)
-            is_syn = torch.from_numpy(items >= len(real))
+            syn_mask = items >= len(real)
+            is_syn = torch.from_numpy(syn_mask)
             x = torch.empty((len(items), *self.images.shape[1:]), dtype=self.images.dtype)
             y = torch.empty((len(items), *self.targets.shape[1:]), dtype=self.targets.dtype)
-            mine = torch.from_numpy(real[items[~is_syn.numpy()]])
+            mine = torch.from_numpy(real[items[~syn_mask]])
             x[~is_syn], y[~is_syn] = self.images[mine], self.targets[mine]
             if b in pending:
                 x[is_syn], y[is_syn] = draw.collect(pending.pop(b))
