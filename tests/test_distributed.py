@@ -284,11 +284,13 @@ def test_the_app_predicts_a_study_with_a_two_process_run(two_process_run, demo8)
     assert result.run == str(run) and result.quantification is not None
 
 
-# Dice mean (the run's own report on the demo's ground truth, all slices) of one-process runs on a 16-slice 64-pixel
-# demo, `--fast --size 64`, 12 epochs per stage, seeds 0-5: 0.168-0.334 (mean 0.254); two processes at 24 epochs
-# (the same optimiser steps: each rank's epoch is half the steps), seeds 0-5: 0.221-0.321, seed 0 0.306
-# (benchmarks/torchrun_scaling.py --seeds, docs/distributed.md "Dice"). Margins cover other CPUs' arithmetic.
-ONE_PROCESS_DICE = (0.168, 0.334)
+# Dice mean (the run's own report on the demo's ground truth, all slices) on a 16-slice 64-pixel demo, `--fast
+# --size 64` (random start: the prior is for 128 pixels), seeds 0-5 (benchmarks/torchrun_scaling.py --same-steps,
+# docs/distributed.md "Dice"): one process at 12 epochs per stage 0.028-0.262 (mean 0.157); two processes at 24
+# epochs (the same optimiser steps: each rank's epoch is half the steps) 0.157-0.258 (mean 0.212), seed 0 0.207.
+# The lower bound is the one-process mean less a margin for other CPUs' arithmetic (the one-process minimum is a
+# run that barely learned, no bound at all).
+ONE_PROCESS_DICE = (0.157, 0.262)   # mean, max
 DICE_MARGIN = 0.05
 
 
@@ -304,7 +306,7 @@ def test_a_two_process_run_reaches_the_dice_of_one_process_runs(tmp_path):
                      timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     dice = json.loads(done.stdout)["ground_truth_report"]["segmenter_all"]["dice_mean"]
-    assert ONE_PROCESS_DICE[0] - DICE_MARGIN <= dice <= ONE_PROCESS_DICE[1] + DICE_MARGIN
+    assert ONE_PROCESS_DICE[0] - DICE_MARGIN <= dice <= ONE_PROCESS_DICE[1] + DICE_MARGIN, dice
 
 
 @needs_gloo

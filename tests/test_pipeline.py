@@ -27,7 +27,7 @@ from covidseg_core.infer.predict import predict_job
 from covidseg_core.pipeline import train_job
 from covidseg_core.results.metrics import summarize
 from covidseg_core.runs import RunFolder
-from covidseg_core.train_config import TrainConfig
+from covidseg_core.train_config import FAST_PRESET, TrainConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,11 +97,14 @@ def test_fast_train_predict_evaluate_beats_trivial_baselines(fast_run, demo, tmp
     zero = summarize([np.zeros_like(g) for g in gts], gts)
     rand = summarize([rng.random(g.shape) < rate for g in gts], gts)
     # The demo is a chest CT (vessels, hila, chest wall, table), with lesions over 1-40% of the lung on 12 of its
-    # 32 slices. Measured on this CPU, three runs (1, 2, 1 torch threads): dice_pooled 0.075 / 0.19 / 0.22,
-    # dice_mean 0.23 / 0.33 / 0.39, specificity_pooled 0.904 / 0.969 / 0.981, Youden's J 0.77 / 0.79 / 0.64;
-    # random pixels at the same rate: dice_pooled 0.008, J 0; all-zero: 0, 0; every lung-like pixel
-    # (-980..-300 HU): dice_pooled 0.026, specificity 0.74, J 0.53.
-    assert scores["dice_pooled"] > rand["dice_pooled"] + 0.04 and scores["dice_mean"] > zero["dice_mean"] + 0.15
+    # 32 slices. Measured on this CPU with 1 torch thread, seeds 0 / 1 / 2: dice_mean 0.504 / 0.506 / 0.500,
+    # dice_pooled 0.524 / 0.526 / 0.492, 10 / 10 / 11 of the 20 clean slices marked, specificity_pooled 0.99;
+    # random pixels at the same rate: dice_pooled 0.01, J 0; all-zero: 0, 0; every lung-like pixel
+    # (-980..-300 HU): dice_pooled 0.026, specificity 0.74, J 0.53. The preset before (width 12 from scratch):
+    # dice_mean 0.20-0.45, dice_pooled 0.08-0.31, 16-20 clean slices marked.
+    assert scores["dice_pooled"] > max(rand["dice_pooled"] + 0.2, 0.3)
+    assert scores["dice_mean"] > zero["dice_mean"] + 0.35
+    assert scores["clean_with_prediction"] <= 15
     assert finds_the_lesions(scores, rand)
 
 
@@ -120,7 +123,7 @@ def test_run_folder_records_config_epochs_checkpoints_metrics(fast_run):
         assert key in env
     assert config["options"]["fast"] is True
     epochs = [json.loads(l) for l in (fast_run / "epochs.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in epochs if e["stage"] == "segmenter"] == list(range(1, 13))
+    assert [e["epoch"] for e in epochs if e["stage"] == "segmenter"] == list(range(1, FAST_PRESET["seg_epochs"] + 1))
     assert any(e["stage"] == "classifier" for e in epochs)
     metrics = json.loads((fast_run / "metrics.json").read_text())
     assert metrics["complete"] and metrics["stage1"]["status"] == "complete"
