@@ -218,24 +218,15 @@ def gather_rows(n: int, compute):
     return out
 
 
-def all_gather(obj) -> list:
-    """Every rank's `obj` (picklable) in rank order, on every rank ([obj] on one process). Objects, not tensors:
-    gloo and NCCL alike."""
+def mean_over_ranks(value: float, weight: float = 1.0) -> float:
+    """The `weight`-weighted mean of every rank's `value` (an epoch's training loss over each rank's slices),
+    the same on every rank; `value` itself on one process. Objects, not tensors: gloo and NCCL alike."""
     if not active():
-        return [obj]
+        return value
     import torch.distributed as tdist
 
     parts = [None] * _world.size
-    tdist.all_gather_object(parts, obj)
-    return parts
-
-
-def mean_over_ranks(value: float, weight: float = 1.0) -> float:
-    """The `weight`-weighted mean of every rank's `value` (an epoch's training loss over each rank's slices),
-    the same on every rank; `value` itself on one process."""
-    if not active():
-        return value
-    parts = all_gather((float(value) * weight, float(weight)))
+    tdist.all_gather_object(parts, (float(value) * weight, float(weight)))
     total = sum(w for _, w in parts)
     return sum(v for v, _ in parts) / total if total else float(value)
 
