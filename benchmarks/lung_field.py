@@ -66,12 +66,13 @@ def pooled(parts: list[dict]) -> dict:
 
 
 def fold_model(train_mod, data_dir: Path, train_vols: list[str], args, models: Path | None):
-    key = f"lung_{'-'.join(train_vols)}_e{args.epochs:g}_s{args.seed}.safetensors"
+    weight = "" if args.infection_weight == train_mod.INFECTION_WEIGHT else f"_w{args.infection_weight:g}"
+    key = f"lung_{'-'.join(train_vols)}_e{args.epochs:g}_s{args.seed}{weight}.safetensors"
     if models is not None and (models / key).is_file():
         log.info("reusing %s", models / key)
         return load_lung_model(models / key, "cpu"), None
     data = train_mod.load_zenodo(data_dir, train_vols)
-    model, summary = train_mod.train(data, epochs=args.epochs, seed=args.seed)
+    model, summary = train_mod.train(data, epochs=args.epochs, seed=args.seed, infection_weight=args.infection_weight)
     if models is not None:
         train_mod.save_model(model, models / key, summary, "benchmarks/lung_field.py (fold model)")
     return model, summary
@@ -87,12 +88,12 @@ def per_slice_seconds(fn, images: np.ndarray, repeats: int = 2) -> float:
     return best / len(images)
 
 
-def timing_rows(model, images256: np.ndarray, n: int = 16) -> list[str]:
+def timing_rows(model, images256: np.ndarray, mirror: bool, n: int = 16) -> list[str]:
     imgs = images256[:n]
     imgs512 = np.stack([cv2.resize(s, (512, 512), interpolation=cv2.INTER_LINEAR) for s in imgs])
     rows = []
     for label, batch in (("256x256", imgs), ("512x512", imgs512)):
-        net = per_slice_seconds(lambda x: predict_lung_fields(model, x), batch)
+        net = per_slice_seconds(lambda x: predict_lung_fields(model, x, mirror=mirror), batch)
         thr = per_slice_seconds(threshold_lung_fields, batch, repeats=1)
         rows.append(f"| {label} | {1000 * net:.1f} | {1000 * thr:.1f} |")
     return rows
@@ -108,8 +109,10 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default=DEFAULT_FOLDS, help="held-out volumes: 'c01,c06;c02,c07;...'")
     ap.add_argument("--epochs", type=float, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--infection-weight", type=float, default=1.0, help="as scripts/train_lung_model.py")
     ap.add_argument("--models", type=Path, default=None, help="folder to keep and reuse the fold models")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-mirror", action="store_true", help="one network pass per slice (before stop 33)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here too")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
         for vol in held:
             sel = vols_arr == vol
             imgs, lungs, inf = everything.images[sel], everything.lungs[sel], everything.infection[sel]
-            net_fn = lambda x: predict_lung_fields(model, x)  # noqa: E731
+            net_fn = lambda x: predict_lung_fields(model, x, mirror=not args.no_mirror)  # noqa: E731
             results[vol] = {
                 "net_whole": scores(net_fn(imgs), lungs, inf),
                 "net_halves": scores(halves_then_whole(net_fn, imgs), lungs, inf),
@@ -177,7 +180,8 @@ def main(argv=None) -> int:
         "",
         f"`{command}`",
         "",
-        f"Network: {params:,} parameters, trained {args.epochs:g} epochs (seed {args.seed}) per fold on the volumes "
+        f"Network: {params:,} parameters{'' if args.no_mirror else ', mirror averaging at inference'}, trained "
+        f"{args.epochs:g} epochs (seed {args.seed}) per fold on the volumes "
         f"not held out; folds (held out): {'; '.join(', '.join(f) for f in folds)}. Dice is pooled over the "
         "slices; 'infection inside' is the share of ground-truth infection pixels inside the field. 'whole' = the "
         "256x256 slice, 'halves' = each 256x128 half on its own, put back side by side.",
@@ -192,7 +196,7 @@ def main(argv=None) -> int:
         "",
         "| slice size | network ms/slice | threshold ms/slice |",
         "|---|---|---|",
-        *timing_rows(model, everything.images),
+        *timing_rows(model, everything.images, not args.no_mirror),
         "",
     ]
     text = "\n".join(report)

@@ -43,6 +43,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "zenodo-dev"
 SAMPLES_PER_EPOCH = 1000      # ~ the number of whole slices in zenodo-dev
 KIND_WEIGHTS = {"whole": 0.35, "half": 0.45, "crop": 0.2}
 NEGATIVE_P = 0.06             # samples with no lung at all (flat images, lung-free crops)
+INFECTION_WEIGHT = 1.0        # BCE weight of infected lung pixels against the rest
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def _affine(rng: np.random.Generator, src_hw, dst_hw, zoom_range, allow_rot=True
     return np.hstack([a, (c_dst - a @ c_src)[:, None]]).astype(np.float32)
 
 
-def _warp(rng, img, lung, m, dst_hw):
+def _warp(rng, img, target, m, dst_hw):
     dh, dw = dst_hw
     mode = rng.choice(4)
     if mode == 0:
@@ -129,9 +130,9 @@ def _warp(rng, img, lung, m, dst_hw):
         value = 0.0 if mode == 2 else float(rng.uniform(0.0, 0.3))
         border = dict(borderMode=cv2.BORDER_CONSTANT, borderValue=value)
     out_img = cv2.warpAffine(img, m, (dw, dh), flags=cv2.INTER_LINEAR, **border)
-    out_lung = cv2.warpAffine(lung.astype(np.float32), m, (dw, dh), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    return out_img, out_lung
+    out_target = cv2.warpAffine(target.astype(np.float32), m, (dw, dh), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return out_img, out_target
 
 
 def _monotonic_curve(rng, x):
@@ -194,7 +195,8 @@ def _negative(rng, data: ZenodoSlices, hw) -> np.ndarray:
 
 def make_batch(rng: np.random.Generator, data: ZenodoSlices, batch_size: int, work_size: int = DEFAULT_WORK_SIZE):
     """One batch of one kind (whole / half / crop), each sample edge-padded to the batch's padded shape exactly
-    as inference pads. Returns (x, y) float tensors (b, 1, h, w), y the soft lung target."""
+    as inference pads. Returns (x, y, inf) float tensors (b, 1, h, w): y the soft lung target, inf the soft
+    infection mask (where a missed lung pixel costs more, see seg_loss)."""
     kind = rng.choice(list(KIND_WEIGHTS), p=list(KIND_WEIGHTS.values()))
     xs, ys = [], []
     if kind == "half":
@@ -206,32 +208,37 @@ def make_batch(rng: np.random.Generator, data: ZenodoSlices, batch_size: int, wo
     for _ in range(batch_size):
         hi_res = (content[0] * 2, content[1] * 2)     # augment at the data's resolution, then area-resize
         if rng.random() < NEGATIVE_P:
-            img, lung = _negative(rng, data, hi_res), np.zeros(hi_res, np.float32)
+            img, target = _negative(rng, data, hi_res), np.zeros((*hi_res, 2), np.float32)
         else:
             i = int(rng.integers(len(data.names)))
-            img, lung = data.images[i], data.lungs[i]
+            img, target = data.images[i], np.dstack([data.lungs[i], data.infection[i]]).astype(np.float32)
             if kind == "half":
                 side = slice(0, 128) if rng.random() < 0.5 else slice(128, 256)
-                img, lung = img[:, side], lung[:, side]
+                img, target = img[:, side], target[:, side]
                 zoom = (0.9, 1.1)
             else:
                 zoom = (1.2, 2.0) if kind == "crop" else (0.7, 1.15)
             m = _affine(rng, img.shape, hi_res, zoom, allow_rot=True)
-            img, lung = _warp(rng, img, lung, m, hi_res)
+            img, target = _warp(rng, img, target, m, hi_res)
             img = augment_intensity(rng, img)
         img = cv2.resize(img, content[::-1], interpolation=cv2.INTER_AREA)
-        lung = cv2.resize(lung, content[::-1], interpolation=cv2.INTER_AREA)
+        target = cv2.resize(target, content[::-1], interpolation=cv2.INTER_AREA)
         pad = ((0, ph - content[0]), (0, pw - content[1]))
         xs.append(np.pad(img, pad, mode="edge"))
-        ys.append(np.pad(lung, pad, mode="edge"))
-    return (torch.from_numpy(np.stack(xs)).unsqueeze(1), torch.from_numpy(np.stack(ys)).unsqueeze(1))
+        ys.append(np.stack([np.pad(target[..., c], pad, mode="edge") for c in range(2)]))
+    y = torch.from_numpy(np.stack(ys))
+    return torch.from_numpy(np.stack(xs)).unsqueeze(1), y[:, :1], y[:, 1:]
 
 
 # --- training -----------------------------------------------------------------------------------------------
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice over the whole batch (a batch-wide Dice stays defined for slices without lung)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, infection: torch.Tensor | None = None,
+             infection_weight: float = 1.0) -> torch.Tensor:
+    """BCE + soft Dice over the whole batch (a batch-wide Dice stays defined for slices without lung). The BCE
+    of infected lung pixels weighs `infection_weight` times the rest: the field's job is to keep the infection,
+    and dense consolidation against the chest wall looks like the soft tissue outside the lung."""
+    weight = None if infection is None or infection_weight == 1.0 else 1.0 + (infection_weight - 1.0) * infection
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
     p = torch.sigmoid(logits)
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
     return bce + dice
@@ -250,7 +257,8 @@ def git_commit() -> str:
 
 def train(data: ZenodoSlices, epochs: float = 6, seed: int = 0, batch_size: int = 16,
           lr: float = 3e-3, max_minutes: float | None = None, widths=DEFAULT_WIDTHS,
-          work_size: int = DEFAULT_WORK_SIZE, device: str | None = None) -> tuple[LungNet, dict]:
+          work_size: int = DEFAULT_WORK_SIZE, device: str | None = None,
+          infection_weight: float = INFECTION_WEIGHT) -> tuple[LungNet, dict]:
     """Train a LungNet; returns it (eval mode, on the CPU) and a summary of the run."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -266,9 +274,9 @@ def train(data: ZenodoSlices, epochs: float = 6, seed: int = 0, batch_size: int 
         if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
             log.warning("stopping at step %d of %d: --max-minutes %.1f reached", step, steps, max_minutes)
             break
-        x, y = make_batch(rng, data, batch_size, work_size)
+        x, y, inf = make_batch(rng, data, batch_size, work_size)
         model.train()
-        loss = seg_loss(model(x.to(dev)), y.to(dev))
+        loss = seg_loss(model(x.to(dev)), y.to(dev), inf.to(dev), infection_weight)
         if not torch.isfinite(loss):
             raise SystemExit(f"loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -282,6 +290,7 @@ def train(data: ZenodoSlices, epochs: float = 6, seed: int = 0, batch_size: int 
     model = model.cpu().eval()
     summary = {"steps": done, "planned_steps": steps, "batch_size": batch_size, "epochs": epochs,
                "samples_per_epoch": SAMPLES_PER_EPOCH, "lr": lr, "seed": seed, "final_loss": running,
+               "infection_weight": infection_weight,
                "train_seconds": round(time.time() - t0, 1), "parameters": parameter_count(model),
                "volumes": sorted(set(data.volumes)), "slices": len(data.names)}
     return model, summary
@@ -310,6 +319,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--infection-weight", type=float, default=INFECTION_WEIGHT,
+                    help="BCE weight of infected lung pixels (a missed lesion costs more than a missed rim)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -318,7 +329,8 @@ def main(argv=None) -> int:
     commit = git_commit()     # the code as it is when training starts
     data = load_zenodo(args.data, volumes)
     log.info("%d whole slices from %s", len(data.names), ", ".join(sorted(set(data.volumes))))
-    model, summary = train(data, args.epochs, args.seed, args.batch_size, args.lr, args.max_minutes)
+    model, summary = train(data, args.epochs, args.seed, args.batch_size, args.lr, args.max_minutes,
+                           infection_weight=args.infection_weight)
     command = "scripts/train_lung_model.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     save_model(model, args.out, summary, command, commit)
     log.info("wrote %s (%d parameters, %d steps, %.0fs)", args.out, summary["parameters"], summary["steps"],

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from covidseg_core.errors import CovidSegError
 from covidseg_core.imaging.lung_model import (LungModelError, compute_lung_fields, default_weights_path, load_lung_model,
-                                      parameter_count, predict_lung_fields, threshold_lung_fields)
+                                      parameter_count, predict_lung_fields, predict_lung_probabilities,
+                                      threshold_lung_fields)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ZENODO = SHARED / "data" / "zenodo-dev"
@@ -125,6 +126,21 @@ def test_real_slices_whole_half_and_512_agree_with_expert_lungs(model, shared_da
 
     one = predict_lung_fields(model, images[0])                     # one 2D slice in, one 2D field out
     assert one.shape == (256, 256) and dice(one, whole[0]) > 0.99
+
+
+def test_mirror_averaging_gives_the_mirrored_slice_the_mirrored_field(model):
+    # with mirror averaging the answer no longer depends on which side the patient's right lung is on; a mistake
+    # in flipping the second pass back would break this. Half-slice shapes (no padding), an asymmetric input.
+    rng = np.random.default_rng(3)
+    images = np.full((2, 256, 128), 0.7, np.float32)
+    cv2.ellipse(images[0], (50, 120), (30, 80), 10, 0, 360, 0.15, -1)
+    cv2.ellipse(images[1], (80, 140), (25, 60), -20, 0, 360, 0.2, -1)
+    images = np.clip(images + rng.normal(0, 0.03, images.shape), 0, 1).astype(np.float32)
+    prob = predict_lung_probabilities(model, images)
+    prob_mirrored = predict_lung_probabilities(model, np.ascontiguousarray(images[:, :, ::-1]))
+    np.testing.assert_allclose(prob_mirrored[:, :, ::-1], prob, atol=1e-5)
+    plain = predict_lung_probabilities(model, images, mirror=False)
+    assert np.abs(plain - prob).max() > 1e-3                   # the averaging does change the answer
 
 
 def test_compute_lung_fields_uses_the_packaged_model(shared_data):
