@@ -65,7 +65,7 @@ from covidseg_core.imaging.lung_model import compute_lung_fields  # noqa: E402
 from covidseg_core.imaging.resize import to_shape, upsample_maps  # noqa: E402
 from covidseg_core.infer.device import resolve_device  # noqa: E402
 from covidseg_core.results.metrics import roc_auc, summarize  # noqa: E402
-from covidseg_core.suggest import rank_slices  # noqa: E402
+from covidseg_core.suggest import EXPLORE, rank_slices  # noqa: E402
 from covidseg_core.weak.classifier_training import compute_cams, train_classifier  # noqa: E402
 from covidseg_core.weak.config import MIN_PER_CLASS, Stage1Config  # noqa: E402
 from covidseg_core.weak.job import cam_pseudo_mask, classifier_inputs, study_clean_levels  # noqa: E402
@@ -119,7 +119,8 @@ def trainable(picks: list[int], infected: np.ndarray) -> bool:
     return n_inf >= MIN_PER_CLASS and len(picks) - n_inf >= MIN_PER_CLASS
 
 
-def suggested(probs: np.ndarray, labelled: list[int], positions: dict[str, list[int]], n: int) -> list[int]:
+def suggested(probs: np.ndarray, labelled: list[int], positions: dict[str, list[int]], n: int,
+              explore: float = EXPLORE) -> list[int]:
     """The n slices `rank_slices` suggests next, as indices; `probs`: the classifier's probability of every slice
     (those of labelled slices are not used)."""
     done = set(labelled)
@@ -127,7 +128,7 @@ def suggested(probs: np.ndarray, labelled: list[int], positions: dict[str, list[
     for vol, idx in positions.items():
         mine = {p for p, i in enumerate(idx) if i in done}
         candidates[vol] = {"probabilities": np.asarray(probs, float)[idx], "labelled": mine, "n_labelled": len(mine)}
-    return [positions[p["source_id"]][p["index"]] for p in rank_slices(candidates, n)]
+    return [positions[p["source_id"]][p["index"]] for p in rank_slices(candidates, n, explore)]
 
 
 # --- training and scoring ---------------------------------------------------------------------------------------
@@ -168,7 +169,8 @@ class Bench:
     def key(self, row: str, seed: int) -> str:
         vols = "" if tuple(self.args.volumes) == TRAIN_VOLUMES else "-" + "+".join(self.args.volumes)
         score = "" if self.args.slice_score == "classifier" else "-with-prior"
-        return f"{row}-seed{seed}-e{self.args.epochs}-s{self.args.size}{vols}{score}"
+        explore = f"-x{self.args.explore:g}" if row.startswith("suggest") and self.args.explore != EXPLORE else ""
+        return f"{row}-seed{seed}-e{self.args.epochs}-s{self.args.size}{vols}{score}{explore}"
 
     def save(self, key: str, record: dict) -> None:
         self.results[key] = record
@@ -250,7 +252,7 @@ class Bench:
             if model is None:      # nothing to suggest with: the radiologist goes on at random
                 more = [i for i in random_order if i not in set(picks)][:nxt - k]
             else:
-                more = suggested(self.probabilities(model), picks, self.positions, nxt - k)
+                more = suggested(self.probabilities(model), picks, self.positions, nxt - k, self.args.explore)
             record["next"] = [self.train.ids[i] for i in more]
             record["next_by"] = "random" if model is None else "suggestions"
         record["seconds"] = round(time.monotonic() - t0, 1)
@@ -341,6 +343,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--slice-score", choices=SLICE_SCORES, default=SLICE_SCORES[0],
                    help="the slice probability the AUC and the suggestions use (weak/scoring.py)")
+    p.add_argument("--explore", type=float, default=EXPLORE,
+                   help="suggest.rank_slices' weight of spread against uncertainty (the product's default)")
     p.add_argument("--volumes", default=",".join(TRAIN_VOLUMES), help="training volumes (a subset: smoke runs)")
     p.add_argument("--no-reference", action="store_true", help="skip the row trained on every slice's label")
     p.add_argument("--report", type=Path, help="also write the markdown table here")

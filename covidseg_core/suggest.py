@@ -13,7 +13,8 @@ The ranking is greedy: each pick updates the neighbourhood and study counts the 
 The probability is the classifier's own, not the run's slice probability (weak/scoring.slice_probabilities, its
 mean with the label-free prior's evidence): a label teaches the classifier, never the prior, so only the
 classifier's doubt is what labelling removes. Ranked by the mean instead, the suggestions lost to random picks at
-k = 20, 40, 80 and 160 (benchmarks/label_order.py, seed 0, stop 30; exploratory).
+k = 20, 40, 80 and 160 (benchmarks/label_order.py, seed 0, stop 30; exploratory). Letting the spread decide and
+the uncertainty only break ties (`explore` 1 instead of 0.05) did no better than either (seeds 2 and 3, stop 33).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .errors import RunError
 from .project.studies import open_source, study_name
 
 THRESHOLD = 0.5
+EXPLORE = 0.05   # worth of a slice the classifier is sure of, against 1 for one at the threshold
 
 
 def newest_classifier_run(project) -> Path | None:
@@ -47,10 +49,12 @@ def _neighbour_factor(index: int, taken: list[int], spacing: int) -> float:
     return 1.0 if d >= spacing else 0.1 + 0.9 * (d - 1) / max(1, spacing - 1)
 
 
-def rank_slices(candidates: dict[str, dict], n: int) -> list[dict]:
+def rank_slices(candidates: dict[str, dict], n: int, explore: float = EXPLORE) -> list[dict]:
     """Greedy ranking. `candidates`: source id -> {"probabilities": (z,) array, "labelled": set of indices,
-    "n_labelled": int}; unlabelled slices are the candidates. Returns up to n picks (source_id, index,
-    probability, uncertainty, score), best first."""
+    "n_labelled": int}; unlabelled slices are the candidates. `explore`: the worth of a slice beside its
+    uncertainty (small: uncertainty decides; large: spread along the volume and across studies decides, the
+    uncertainty breaks ties). Returns up to n picks (source_id, index, probability, uncertainty, score), best
+    first."""
     picks: list[dict] = []
     taken = {sid: sorted(c["labelled"]) for sid, c in candidates.items()}
     chosen = {sid: 0 for sid in candidates}
@@ -68,7 +72,7 @@ def rank_slices(candidates: dict[str, dict], n: int) -> list[dict]:
             study_factor = 1.0 / math.sqrt(1.0 + c["n_labelled"] + 2 * chosen[sid])
             for i in indices:
                 u = float(uncertainty[sid][i])
-                score = (0.05 + u) * _neighbour_factor(i, taken[sid], spacing) * study_factor
+                score = (explore + u) * _neighbour_factor(i, taken[sid], spacing) * study_factor
                 if best is None or score > best[0]:
                     best = (score, sid, i, u)
         if best is None:

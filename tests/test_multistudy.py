@@ -221,6 +221,12 @@ def test_ranking_prefers_uncertain_spread_slices_of_little_labelled_studies():
     near = rank_slices({"s1": {"probabilities": probs, "labelled": {0, 3}, "n_labelled": 2}}, 1)
     assert near[0]["index"] == 11
     assert len(rank_slices(cands, 100)) == 10 + 12                       # every unlabelled slice, then stop
+    # `explore`: how much a sure slice is worth beside an uncertain one; large, the spread decides
+    probs = np.full(32, 0.99)
+    probs[1] = 0.5                                                       # uncertain, but next to labelled 0
+    one = {"s1": {"probabilities": probs, "labelled": {0}, "n_labelled": 1}}
+    assert rank_slices(one, 1)[0]["index"] == 1
+    assert rank_slices(one, 1, explore=1.0)[0]["index"] != 1
 
 
 def test_project_suggest_ranks_unlabelled_slices_of_every_study(trained, capsys):
