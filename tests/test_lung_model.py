@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from covidseg_core.errors import CovidSegError
-from covidseg_core.imaging.lung_model import (LungModelError, compute_lung_fields, default_weights_path, load_lung_model,
-                                      parameter_count, predict_lung_fields, predict_lung_probabilities,
-                                      threshold_lung_fields)
+from covidseg_core.imaging.lung_model import (LungModelError, compute_lung_fields, default_weights_path,
+                                              load_lung_model, parameter_count, predict_lung_fields,
+                                              predict_lung_probabilities, threshold_lung_fields)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ZENODO = SHARED / "data" / "zenodo-dev"
