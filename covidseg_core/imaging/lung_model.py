@@ -278,36 +278,35 @@ def finite(images01) -> np.ndarray:
     return np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
 
 
-def _network_probabilities(model: LungNet, images: np.ndarray, batch_size: int) -> np.ndarray:
+def _network_probabilities(model: LungNet, images: np.ndarray) -> np.ndarray:
+    """One batch of slices (n, H, W) -> the network's probabilities at their own size."""
     n, h, w = images.shape
-    out = np.zeros((n, h, w), dtype=np.float32)
     work, (rh, rw) = to_work(np.clip(images, 0.0, 1.0), model.work_size, model.multiple)
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            x = torch.from_numpy(work[start:start + batch_size]).unsqueeze(1).to(device)
-            prob = torch.sigmoid(model(x).float())[:, :, :rh, :rw]
-            prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
-            out[start:start + batch_size] = prob[:, 0].cpu().numpy()
-    return out
+    x = torch.from_numpy(work).unsqueeze(1).to(next(model.parameters()).device)
+    prob = torch.sigmoid(model(x).float())[:, :, :rh, :rw]
+    return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
 
 
 def predict_lung_probabilities(model: LungNet, images01: np.ndarray, batch_size: int = 16,
                                mirror: bool = MIRROR_AVERAGE) -> np.ndarray:
     """(n, H, W) in [0, 1] -> (n, H, W) float32 lung probabilities at the slices' own size. `mirror`: the mean
     with the probabilities of the left-right mirrored slices (twice the network time; measured in
-    docs/results_lung_field.md: fewer misses at the lung's edge, above all on half slices)."""
+    docs/results_lung_field.md: fewer misses at the lung's edge, above all on half slices). Batch by batch, so a
+    large volume is never copied whole for the mirrored pass."""
     images = finite(images01)
     if images.ndim != 3:
         raise ValueError(f"expected slices (n, H, W), got shape {images.shape}")
-    if not len(images):
-        return np.zeros(images.shape, dtype=np.float32)
-    prob = _network_probabilities(model, images, batch_size)
-    if mirror:
-        prob += _network_probabilities(model, np.ascontiguousarray(images[:, :, ::-1]), batch_size)[:, :, ::-1]
-        prob *= 0.5
-    return prob
+    out = np.zeros(images.shape, dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            prob = _network_probabilities(model, batch)
+            if mirror:
+                prob += _network_probabilities(model, np.ascontiguousarray(batch[:, :, ::-1]))[:, :, ::-1]
+                prob *= 0.5
+            out[start:start + batch_size] = prob
+    return out
 
 
 def predict_lung_fields(model: LungNet, images01: np.ndarray, batch_size: int = 16,
