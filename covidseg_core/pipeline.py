@@ -326,11 +326,13 @@ def train_job(data: str | Path, out: str | Path, cfg: TrainConfig | None = None,
 
 def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainConfig, device: str = "auto",
                      cancel: CancelToken | None = None, note: str = "given targets",
-                     always_train: np.ndarray | None = None, clock=time.monotonic):
+                     always_train: np.ndarray | None = None, clock=time.monotonic, synthetic: str = "off"):
     """Generator job: the segmenter alone on given per-slice targets (n, H, W) 0/1/255, into run folder `out`
     (resumable like train_job, sized like its stage 2: a budget goes to the segmenter whole). For full
     supervision on reviewed masks, benchmarks and self-training rounds. `always_train` (bool per slice) keeps
-    those slices out of the validation split. The segmenter starts where train_job's does (cfg.init)."""
+    those slices out of the validation split. The segmenter starts where train_job's does (cfg.init).
+    `synthetic` "auto" mixes in synthetic lesions on the slices labelled clean as train_job's stage 2 does (the
+    same recipe with given targets instead of pseudo masks); "off" trains on the targets alone."""
     started = clock()
     cancel = cancel or CancelToken()
     dev = resolve_device(device)
@@ -341,7 +343,7 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
     h.update(np.ascontiguousarray(targets).tobytes())
     data_info = {"path": note, "n_slices": len(slices), "shape": list(slices.images.shape[1:]),
                  "labels": slices.counts(), "fingerprint": h.hexdigest()}
-    options = cfg.options()
+    options = {**cfg.options(), "synthetic": synthetic}    # what this job mixes in, not the config's default
     if run.exists():
         run.check_resumable(run.read_config(), options, data_info)
     else:
@@ -350,12 +352,17 @@ def train_on_targets(slices, targets: np.ndarray, out: str | Path, cfg: TrainCon
     has_fg = np.array([(t == 1).any() for t in targets])
     train_idx, val_idx = split_validation(slices.groups, np.flatnonzero(has), cfg.val_fraction, cfg.seed, has_fg,
                                           always_train)
-    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, budget.plan.size)
+    supply = study_supply(slices, run, synthetic, cfg.lung_method, cfg.seed, budget.plan.size, len(val_idx))
+    for line in supply.notes:
+        yield Message(line)
+    seg_data = prepare_segmenter_data(slices.images, targets, train_idx, val_idx, budget.plan.size,
+                                      supply.source, supply.share, supply.n_validation)
     yield from budget.plan_stage2(seg_data, cfg, dev, cancel, 0)
     resolved = budget.resolved(cfg)
     init_state = yield from _segmenter_start(resolved)     # the same start as train_job's segmenter
     summary = yield from relay(train_segmenter(seg_data, resolved, run, dev, cancel, init_state), budget.with_eta)
-    metrics = {"complete": True, "device": str(dev), "targets": note, "segmenter": summary,
+    metrics = {"complete": True, "device": str(dev), "targets": note,
+               "segmenter": {**summary, "synthetic": supply.report},
                "plan": budget.summary(None, budget.elapsed())}
     run.write_json(METRICS_NAME, metrics)
     yield Done(metrics)

@@ -94,6 +94,21 @@ def test_train_with_synthetic_lesions(small_demo, tmp_path, mode):
     assert config["options"]["synthetic"] == mode
 
 
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_training_on_given_masks_mixes_in_synthetic_lesions_only_when_asked(small_demo, tmp_path, mode):
+    """The full-supervision ceiling of the default's recipe: expert masks plus synthetic lesions on clean slices."""
+    from covidseg_core.data import load_slice_set
+    from covidseg_core.pipeline import train_on_targets
+
+    slices = load_slice_set(small_demo)
+    metrics = drive(train_on_targets(slices, slices.gt_masks.astype(np.uint8), tmp_path / "run", tiny(),
+                                     device="cpu", synthetic=mode), lambda e: None)
+    report = metrics["segmenter"]["synthetic"]
+    assert report["mode"] == mode and (report.get("used", 0) > 0) == (mode == "auto")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["options"]["synthetic"] == mode
+
+
 def test_no_usable_clean_slice_falls_back_to_the_papers_method_with_a_note(small_demo, tmp_path):
     """Stage 1 needs both classes, so two slices stay labelled clean, but neither shows any lung."""
     from covidseg_core.data import load_slice_set
