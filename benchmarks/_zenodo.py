@@ -36,13 +36,15 @@ def split(slices):
             slices.subset(np.flatnonzero(np.isin(vols, TEST_VOLUMES))))
 
 
-def scores(run: Path, test, lm=None, scales=(1.0,)) -> dict:
+def scores(run: Path, test, lm=None, scales=(1.0,), threshold: float | None = None) -> dict:
     """A run's predicted masks (as `covidseg predict` makes them) against the ground truth of `test`: the metrics
     of results.metrics.summarize, the share of clean slices with any mark, Dice mean per volume, seconds. `lm`:
-    the run's model already loaded (and changed: benchmarks/prior_share.py); `scales` as predict_masks'."""
+    the run's model already loaded (and changed: benchmarks/prior_share.py); `scales` and `threshold` (None:
+    predict's own) as predict_masks'."""
     lm = lm or load_run_model(run, "auto")
     t0 = time.monotonic()
-    preds = drive(predict_masks(lm, test.images, scales=scales))
+    cut = {} if threshold is None else {"threshold": threshold}
+    preds = drive(predict_masks(lm, test.images, scales=scales, **cut))
     out = summarize(list(preds), list(test.gt_masks))
     gts = test.gt_masks.reshape(len(test), -1).any(1)
     out["clean_slices_marked"] = float(preds.reshape(len(test), -1).any(1)[~gts].mean()) if (~gts).any() else None

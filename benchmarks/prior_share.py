@@ -12,11 +12,14 @@ row's run (one study trained on its own labels) with --volumes V on that study's
   .venv/bin/python benchmarks/prior_share.py out/bench/auto-s0 --shares 0.25 --scales "1;1,1.25"   # two scales
 
 --scales: each semicolon-separated set of magnifications is scored (predict_masks' `scales`: the mean of the
-probabilities of each slice worked at these sizes; 1 is the run's own).
+probabilities of each slice worked at these sizes; 1 is the run's own). --thresholds: the decision thresholds
+to score at (predict's own by default), chosen on the training volumes:
+  .venv/bin/python benchmarks/prior_share.py out/bench/auto-s0 --shares 0.25 --thresholds 0.3,0.4,0.5
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.infer.model import load_run_model  # noqa: E402
+from covidseg_core.infer.predict import THRESHOLD  # noqa: E402
 from covidseg_core.runs import BEST, RunFolder  # noqa: E402
 from covidseg_core.seg.prior import blend_with_start, default_prior_path, read_prior  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, TRAIN_VOLUMES, emit, parse_args, scores  # noqa: E402
@@ -54,29 +58,31 @@ def main(argv=None) -> int:
     p.add_argument("--volumes", default=None, help="score on these volumes' slices only (an app row's own study)")
     p.add_argument("--prior", type=Path, default=None, help="the prior the runs started from (default: shipped)")
     p.add_argument("--scales", default="1", help="semicolon list of comma lists of magnifications to predict at")
+    p.add_argument("--thresholds", default=None, help="comma list of decision thresholds (default: predict's)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
     args = parse_args(p, argv)
     scale_sets = [tuple(float(s) for s in group.split(",")) for group in args.scales.split(";")]
+    cuts = [float(t) for t in args.thresholds.split(",")] if args.thresholds else [THRESHOLD]
     slices = load_slice_set(args.data)
     groups = np.array(slices.groups)
     sets = ({args.volumes: args.volumes.split(",")} if args.volumes else
             {"training c01-c05": TRAIN_VOLUMES, "unseen c06, c07, r01-r03": TEST_VOLUMES})
     start = read_prior(args.prior or default_prior_path())[0]
-    results, lines = {}, ["| run | prior share | scales | volumes | " + " | ".join(KEYS) + " | Dice mean per volume |",
-                          "|---|---|---|---|" + "---|" * (len(KEYS) + 1)]
+    results, lines = {}, ["| run | prior share | scales | threshold | volumes | " + " | ".join(KEYS)
+                          + " | Dice mean per volume |", "|---|---|---|---|---|" + "---|" * (len(KEYS) + 1)]
     for run in args.runs:
         lm = load_run_model(run, "cpu", engine="torch")
         tuned = tuned_weights(run, start)
         for share in (float(s) for s in args.shares.split(",")):
             lm.model.load_state_dict(blend_with_start(tuned, start, share))
-            for scales in scale_sets:
+            for scales, cut in itertools.product(scale_sets, cuts):
                 label = "+".join(f"{s:g}" for s in scales)
-                tag = "" if scales == (1.0,) else f" x {label}"
+                tag = ("" if scales == (1.0,) else f" x {label}") + ("" if cut == THRESHOLD else f" > {cut:g}")
                 for name, volumes in sets.items():
-                    r = scores(run, slices.subset(np.flatnonzero(np.isin(groups, volumes))), lm, scales)
+                    r = scores(run, slices.subset(np.flatnonzero(np.isin(groups, volumes))), lm, scales, cut)
                     results[f"{run.name} @ {share}{tag} on {name}"] = r
                     per = ", ".join(f"{v} {d:.3f}" for v, d in r["per_volume_dice_mean"].items())
-                    lines.append(f"| {run.name} | {share} | {label} | {name} | "
+                    lines.append(f"| {run.name} | {share} | {label} | {cut:g} | {name} | "
                                  + " | ".join(f"{r[k]:.3f}" for k in KEYS) + f" | {per} |")
                     log.info("%s", lines[-1])
     return emit(lines, results, args.out)
