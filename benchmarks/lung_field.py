@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from covidseg_core.atomic import atomic_write_text  # noqa: E402
+from covidseg_core.imaging.lung_model import THRESHOLD as LUNG_THRESHOLD  # noqa: E402
 from covidseg_core.imaging.lung_model import (load_lung_model, parameter_count, predict_lung_fields,  # noqa: E402
                                       threshold_lung_fields)
 
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", type=Path, default=None, help="folder to keep and reuse the fold models")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-mirror", action="store_true", help="one network pass per slice (before stop 33)")
+    ap.add_argument("--threshold", type=float, default=LUNG_THRESHOLD,
+                    help=f"lung probability above which a pixel is in the field (default {LUNG_THRESHOLD})")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here too")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -134,7 +137,8 @@ def main(argv=None) -> int:
         for vol in held:
             sel = vols_arr == vol
             imgs, lungs, inf = everything.images[sel], everything.lungs[sel], everything.infection[sel]
-            net_fn = lambda x: predict_lung_fields(model, x, mirror=not args.no_mirror)  # noqa: E731
+            net_fn = lambda x: predict_lung_fields(model, x, threshold=args.threshold,  # noqa: E731
+                                                   mirror=not args.no_mirror)
             results[vol] = {
                 "net_whole": scores(net_fn(imgs), lungs, inf),
                 "net_halves": scores(halves_then_whole(net_fn, imgs), lungs, inf),
@@ -180,7 +184,8 @@ def main(argv=None) -> int:
         "",
         f"`{command}`",
         "",
-        f"Network: {params:,} parameters{'' if args.no_mirror else ', mirror averaging at inference'}, trained "
+        f"Network: {params:,} parameters{'' if args.no_mirror else ', mirror averaging at inference'}, field at "
+        f"probability > {args.threshold:g}, trained "
         f"{args.epochs:g} epochs (seed {args.seed}) per fold on the volumes "
         f"not held out; folds (held out): {'; '.join(', '.join(f) for f in folds)}. Dice is pooled over the "
         "slices; 'infection inside' is the share of ground-truth infection pixels inside the field. 'whole' = the "
