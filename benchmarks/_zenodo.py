@@ -10,7 +10,7 @@ import numpy as np
 
 from covidseg_core.events import drive
 from covidseg_core.infer.model import load_run_model
-from covidseg_core.infer.predict import THRESHOLD, predict_masks
+from covidseg_core.infer.predict import MIRROR_AVERAGE, THRESHOLD, predict_masks
 from covidseg_core.results.metrics import summarize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "zenodo-dev"
@@ -36,14 +36,16 @@ def split(slices):
             slices.subset(np.flatnonzero(np.isin(vols, TEST_VOLUMES))))
 
 
-def scores(run: Path, test, lm=None, scales=(1.0,), threshold: float = THRESHOLD) -> dict:
+def scores(run: Path, test, lm=None, scales=(1.0,), threshold: float = THRESHOLD,
+           flip_average: bool = MIRROR_AVERAGE) -> dict:
     """A run's predicted masks (as `covidseg predict` makes them) against the ground truth of `test`: the metrics
     of results.metrics.summarize, the share of clean slices with any mark, Dice mean per volume, seconds. `lm`:
-    the run's model already loaded (and changed: benchmarks/prior_share.py); `scales` and `threshold` as
-    predict_masks'."""
+    the run's model already loaded (and changed: benchmarks/prior_share.py); `scales`, `threshold` and
+    `flip_average` as predict_masks'."""
     lm = lm or load_run_model(run, "auto")
     t0 = time.monotonic()
-    preds = drive(predict_masks(lm, test.images, scales=scales, threshold=threshold))
+    preds = drive(predict_masks(lm, test.images, scales=scales, threshold=threshold,
+                                flip_average=flip_average))
     out = summarize(list(preds), list(test.gt_masks))
     gts = test.gt_masks.reshape(len(test), -1).any(1)
     out["clean_slices_marked"] = float(preds.reshape(len(test), -1).any(1)[~gts].mean()) if (~gts).any() else None

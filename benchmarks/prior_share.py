@@ -15,6 +15,8 @@ row's run (one study trained on its own labels) with --volumes V on that study's
 probabilities of each slice worked at these sizes; 1 is the run's own). --thresholds: the decision thresholds
 to score at (predict's own by default), chosen on the training volumes:
   .venv/bin/python benchmarks/prior_share.py out/bench/auto-s0 --shares 0.25 --thresholds 0.3,0.4,0.5
+--flip-average: each set is scored both with and without every slice's probabilities averaged with its left-right
+mirror's (predict_masks' `flip_average`, on by default since stop 35: twice the network's work).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from covidseg_core.data import load_slice_set  # noqa: E402
 from covidseg_core.infer.model import load_run_model  # noqa: E402
-from covidseg_core.infer.predict import THRESHOLD  # noqa: E402
+from covidseg_core.infer.predict import MIRROR_AVERAGE, THRESHOLD  # noqa: E402
 from covidseg_core.runs import BEST, RunFolder  # noqa: E402
 from covidseg_core.seg.prior import blend_with_start, default_prior_path, read_prior  # noqa: E402
 from _zenodo import DATA, TEST_VOLUMES, TRAIN_VOLUMES, emit, parse_args, scores  # noqa: E402
@@ -59,10 +61,12 @@ def main(argv=None) -> int:
     p.add_argument("--prior", type=Path, default=None, help="the prior the runs started from (default: shipped)")
     p.add_argument("--scales", default="1", help="semicolon list of comma lists of magnifications to predict at")
     p.add_argument("--thresholds", default=None, help="comma list of decision thresholds (default: predict's)")
+    p.add_argument("--flip-average", action="store_true", help="score with and without mirror averaging")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
     args = parse_args(p, argv)
     scale_sets = [tuple(float(s) for s in group.split(",")) for group in args.scales.split(";")]
     cuts = [float(t) for t in args.thresholds.split(",")] if args.thresholds else [THRESHOLD]
+    flips = (False, True) if args.flip_average else (MIRROR_AVERAGE,)
     slices = load_slice_set(args.data)
     groups = np.array(slices.groups)
     sets = ({args.volumes: args.volumes.split(",")} if args.volumes else
@@ -75,11 +79,13 @@ def main(argv=None) -> int:
         tuned = tuned_weights(run, start)
         for share in (float(s) for s in args.shares.split(",")):
             lm.model.load_state_dict(blend_with_start(tuned, start, share))
-            for scales, cut in itertools.product(scale_sets, cuts):
+            for scales, cut, flip in itertools.product(scale_sets, cuts, flips):
                 label = "+".join(f"{s:g}" for s in scales)
-                tag = ("" if scales == (1.0,) else f" x {label}") + ("" if cut == THRESHOLD else f" > {cut:g}")
+                tag = (("" if scales == (1.0,) else f" x {label}") + ("" if cut == THRESHOLD else f" > {cut:g}")
+                       + (" mirrored" if flip else ""))
+                label += " mirrored" if flip else ""
                 for name, volumes in sets.items():
-                    r = scores(run, slices.subset(np.flatnonzero(np.isin(groups, volumes))), lm, scales, cut)
+                    r = scores(run, slices.subset(np.flatnonzero(np.isin(groups, volumes))), lm, scales, cut, flip)
                     results[f"{run.name} @ {share}{tag} on {name}"] = r
                     per = ", ".join(f"{v} {d:.3f}" for v, d in r["per_volume_dice_mean"].items())
                     lines.append(f"| {run.name} | {share} | {label} | {cut:g} | {name} | "

@@ -12,7 +12,7 @@ import torch
 from covidseg_core.events import CancelToken, Message, drive
 from covidseg_core.infer import onnx_engine, onnx_export
 from covidseg_core.infer.model import load_run_model
-from covidseg_core.infer.predict import predict_job, predict_probabilities
+from covidseg_core.infer.predict import predict_job, predict_masks, predict_probabilities
 from covidseg_core.models.segmenter import build_from_spec
 from covidseg_core.runs import BEST, RunFolder
 from covidseg_core.train_config import TrainConfig
@@ -201,6 +201,19 @@ def test_flip_average_is_the_mean_of_a_slice_and_its_mirror_image(tmp_path, engi
     averaged = drive(predict_probabilities(lm, images, batch_size=2, flip_average=True))
     assert np.abs(plain - mirrored).max() > 0.05          # the network is not symmetric: the test can fail
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-4)
+
+
+def test_masks_average_each_slice_with_its_mirror_image_by_default(tmp_path):
+    """What predict, the app and the project runs show (docs/results.md, "Mirror averaging of the segmenter")."""
+    from covidseg_core.infer.postprocess import finish_masks
+
+    images = np.random.default_rng(2).random((3, 64, 64), dtype=np.float32)
+    run = make_run(tmp_path / "run", images, gain=1e4)
+    lm = load_run_model(run, "cpu", "fp32", engine="torch")
+    averaged = drive(predict_probabilities(lm, images, flip_average=True))
+    masks = drive(predict_masks(lm, images))
+    np.testing.assert_array_equal(masks, finish_masks(averaged >= 0.5, None))
+    assert not np.array_equal(masks, drive(predict_masks(lm, images, flip_average=False)))
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnx"])

@@ -5,7 +5,9 @@ Scale rule (the same in training and here): every slice is resized so that its l
 probabilities are resized back to the slice's own size before thresholding. So images of any size work, and a
 slice is seen at the same scale relative to its field of view as in training (imaging/resize.py). `scales`
 averages the probabilities of magnified working sizes too (an option, measured in docs/results.md, "Two scales at
-prediction": it did not win on the training volumes, so the default is the run's own size alone).
+prediction": it did not win on the training volumes, so the default is the run's own size alone). The masks
+average each slice's probabilities with its left-right mirror image's (`MIRROR_AVERAGE`; "Mirror averaging of
+the segmenter": as good on the training volumes, fewer marks on their clean slices, twice the network's work).
 Intensities go through `Study.unit_range`, exactly as in training.
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .postprocess import finish_masks
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
+MIRROR_AVERAGE = True           # predict_masks' default (see the module's docstring)
 LUNG_MARGIN_SLICES = 2          # slices on either side of the lung field's slices that are predicted too
 
 
@@ -91,6 +94,8 @@ def predict_probabilities(lm: LoadedModel, images01: np.ndarray, batch_size: int
     works = scaled_working_shapes(lm, h, w, scales)
     engines = [_engine_for(lm, work) for work in works]
     bs = batch_size or default_batch_size(lm.device, max(works, key=lambda hw: hw[0] * hw[1]))
+    if flip_average and batch_size is None:
+        bs = max(1, bs // 2)            # each slice goes through the network twice: the same memory per batch
     out = np.empty((n, h, w), dtype=np.float32)
     started = time.monotonic()
     with torch.inference_mode():
@@ -121,9 +126,10 @@ def slices_to_predict(lungs: np.ndarray, margin: int = LUNG_MARGIN_SLICES) -> np
 def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None = None,
                   cancel: CancelToken | None = None, threshold: float = THRESHOLD,
                   progress_of: tuple[int, int] | None = None, skip_without_lung: bool = True,
-                  on_masks: Callable[[np.ndarray, np.ndarray], None] | None = None, scales=(1.0,)):
-    """Generator like predict_probabilities (`scales` as there), returning uint8 0/1 masks: inside the lung field
-    the run was trained with (imaging/lung_model.py), without specks (postprocess.py).
+                  on_masks: Callable[[np.ndarray, np.ndarray], None] | None = None, scales=(1.0,),
+                  flip_average: bool = MIRROR_AVERAGE):
+    """Generator like predict_probabilities (`scales` and `flip_average` as there), returning uint8 0/1 masks:
+    inside the lung field the run was trained with (imaging/lung_model.py), without specks (postprocess.py).
 
     The lung fields come first: the network then sees only the slices with lung (and LUNG_MARGIN_SLICES on either
     side); the others' masks are empty, as the lung field would make them anyway, so the masks are the same as
@@ -153,12 +159,12 @@ def predict_masks(lm: LoadedModel, images01: np.ndarray, batch_size: int | None 
 
     if len(kept) == n:
         yield from predict_probabilities(lm, images01, batch_size, cancel, progress_of=(before, total),
-                                         on_batch=finish, scales=scales)
+                                         on_batch=finish, scales=scales, flip_average=flip_average)
     elif len(kept):
         log.info("predicting %d of %d slices (the others hold no lung)", len(kept), n)
         yield from predict_probabilities(lm, images01[keep], batch_size, cancel,
                                          progress_of=(before + n - len(kept), total), on_batch=finish,
-                                         scales=scales)
+                                         scales=scales, flip_average=flip_average)
     else:
         yield Progress("predict", before + n, total, "slices")
     return masks
