@@ -6,7 +6,8 @@ knows its training status.
 The validation split is by study when the project has several (their slices are grouped by study), by blocks of
 neighbouring slices when it has one (seg/targets.split_validation).
 
-Under torchrun (docs/distributed.md) every rank reads the studies and trains on the combined slices; rank 0 alone
+Under torchrun (docs/distributed.md) every rank trains on the combined slices: rank 0 reads the studies, and the
+other ranks map its slices from the slice cache (or read the studies themselves without one); rank 0 alone
 writes: the pixel labels, the project's record of the run, the run folder, and the predictions after training.
 The other ranks open the project read-only (`open_for_training`) and never write into it.
 """
@@ -45,18 +46,19 @@ def _summary(status: str, sources: list[str], settings: dict | None, **extra) ->
 
 def project_train_job(project, out: str | Path, cfg: TrainConfig | None = None, device: str = "auto",
                       cancel: CancelToken | None = None, studies: dict | None = None, settings: dict | None = None,
-                      measure: bool = True, clock=time.monotonic):
+                      measure: bool = True, clock=time.monotonic, cache_dir=None):
     """Generator job: stage 1 and stage 2 on every study of `project`, into run folder `out` (resumable like
     pipeline.train_job), then each study predicted, saved in the run and (with `measure`) quantified.
     Ends with Done(metrics), where metrics["studies"] maps source id -> name, slices, labels, infected volume.
-    `studies` may pass studies already read (source id -> Study)."""
+    `studies` may pass studies already read (source id -> Study). `cache_dir`: the slice cache through which
+    the ranks of a torchrun job share the studies that rank 0 reads (project/studies.open_source)."""
     from . import pipeline
 
     cfg = cfg or TrainConfig()
     cancel = cancel or CancelToken()
     out = Path(out)
     yield Message(f"reading the {len(project.sources)} studies of the project")
-    combined = project_slices(project, studies)
+    combined = project_slices(project, studies, cache_dir=cache_dir)
     for note in combined.skipped:
         yield Message(note, "warning")
     check_labelled(combined)

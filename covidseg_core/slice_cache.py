@@ -9,7 +9,9 @@ labels CSV), the cache's format and the source of the modules that decode. Touch
 An entry is written whole into a temporary folder beside it and renamed into place; one found damaged (a file
 missing or cut short, unreadable JSON) is dropped and rebuilt. A cache that cannot be written is a warning and a
 plain load, never a failure. The cached SliceSet has no `study` (not cached; `covidseg train` does not use it).
-Under torchrun rank 0 alone decodes (docs/distributed.md, "The slice cache").
+Under torchrun rank 0 alone decodes (docs/distributed.md, "The slice cache"). `open_study_shared` does the same
+for the studies of a project (`train --project`): rank 0 reads each study and publishes its slices in [0, 1], the
+other ranks map them (`MappedStudy`) instead of decoding the study again.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import pickle
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -201,16 +205,20 @@ def _find_or_build(path: Path, labels_csv, cache_dir) -> tuple[SliceSet, Path | 
     return cached, folder
 
 
+def _identity(inputs: dict) -> tuple:
+    """What an entry is an entry of: the data path, the labels CSV, and for a project's study its series."""
+    return (inputs["path"], inputs["labels_csv"] and inputs["labels_csv"][0], inputs.get("study", False),
+            inputs.get("series_uid"))
+
+
 def _drop_stale(cache: Path, keep: str, inputs: dict) -> None:
-    """Entries of the same data path and labels CSV but older files or readers: replaced by `keep`, removed
-    (an entry of a large study takes gigabytes). A process still mapping one keeps its pages (POSIX unlink)."""
+    """Entries of the same data (`_identity`) but older files or readers: replaced by `keep`, removed (an entry
+    of a large study takes gigabytes). A process still mapping one keeps its pages (POSIX unlink)."""
     for meta in cache.glob(f"*/{META_NAME}"):
         if meta.parent.name == keep:
             continue
         try:
-            old = json.loads(meta.read_text(encoding="utf-8"))["inputs"]
-            stale = (old["path"], old["labels_csv"] and old["labels_csv"][0]) == \
-                (inputs["path"], inputs["labels_csv"] and inputs["labels_csv"][0])
+            stale = _identity(json.loads(meta.read_text(encoding="utf-8"))["inputs"]) == _identity(inputs)
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if stale:
@@ -228,12 +236,8 @@ def load_slice_set_cached(path: str | Path, labels_csv: str | Path | None = None
     if distributed.is_writer():
         try:
             slices, folder = _find_or_build(path, labels_csv, cache_dir)
-        except Exception as exc:        # every rank then fails with rank 0's message
-            try:
-                pickle.dumps(exc)
-                distributed.broadcast(("error", exc))
-            except Exception:
-                distributed.broadcast(("error", RuntimeError(f"rank 0 could not read the data: {exc}")))
+        except Exception as exc:
+            _share_error(exc)
             raise
         distributed.broadcast(("ok", None if folder is None else str(folder)))
         return slices
@@ -247,3 +251,90 @@ def load_slice_set_cached(path: str | Path, labels_csv: str | Path | None = None
     except (OSError, ValueError, KeyError, TypeError) as exc:   # a cache folder that is not shared between nodes
         return _plain(path, labels_csv, f"rank 0's entry {value} is not readable here: {exc}; give --cache-dir "
                       "a folder all nodes see")
+
+
+def _share_error(exc: Exception) -> None:
+    """Rank 0's failure to read, sent to the other ranks waiting in a broadcast: each then raises it too."""
+    try:
+        pickle.dumps(exc)
+        distributed.broadcast(("error", exc))
+    except Exception:
+        distributed.broadcast(("error", RuntimeError(f"rank 0 could not read the data: {exc}")))
+
+
+@dataclass
+class MappedStudy:
+    """What training needs of a study, mapped from a cache entry: its slices in [0, 1] and their ids (a torchrun
+    rank other than 0 trains with it; it is never predicted or exported, which rank 0 does with the study)."""
+    images01: np.ndarray
+    slice_ids: list[str]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images01.shape)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.images01.shape[0])
+
+    def unit_range(self, z: int | None = None) -> np.ndarray:
+        return self.images01 if z is None else self.images01[z]
+
+
+def _study_entry(path: Path, series_uid: str | None, study, cache_dir) -> Path | None:
+    """Rank 0: the entry of `study`'s slices in [0, 1], found or written now; None when the cache cannot serve."""
+    cache = Path(cache_dir).expanduser()
+    try:
+        inputs = {**source_inputs(path), "study": True, "series_uid": series_uid}
+    except OSError as exc:
+        log.info("slice cache not used: cannot list %s (%s)", path, exc)
+        return None
+    src = Path(inputs["path"])
+    if cache.resolve() == src or src in cache.resolve().parents:
+        log.warning("slice cache not used: the cache folder %s lies inside the study %s", cache, src)
+        return None
+    folder = cache / entry_key(inputs)
+    try:
+        open_entry(folder)
+        return folder
+    except (OSError, ValueError, KeyError, TypeError):
+        shutil.rmtree(folder, ignore_errors=True)
+    n = study.n_slices
+    slices = SliceSet(images=np.asarray(study.unit_range(), dtype=np.float32), ids=list(study.slice_ids),
+                      labels=[None] * n, groups=[""] * n)
+    try:
+        write_entry(folder, slices, inputs)
+    except (OSError, ValueError) as exc:
+        log.warning("slice cache folder %s cannot be written (%s): every rank reads %s itself", cache, exc, path)
+        return None
+    _drop_stale(cache, folder.name, inputs)
+    return folder
+
+
+def open_study_shared(path: str | Path, series_uid: str | None, read: Callable[[], object], cache_dir=None):
+    """`read()` (a project's study) in one process, or with no `cache_dir`. Under torchrun rank 0 reads it and
+    publishes its slices in the cache; the other ranks map them (MappedStudy) rather than decode it again, or read
+    it themselves when rank 0 could not publish (a warning). A study rank 0 cannot read fails on every rank with
+    rank 0's error, so that every rank leaves the same studies out."""
+    if not distributed.active() or cache_dir is None:
+        return read()
+    if distributed.is_writer():
+        try:
+            study = read()
+            folder = _study_entry(Path(path), series_uid, study, cache_dir)
+        except Exception as exc:
+            _share_error(exc)
+            raise
+        distributed.broadcast(("ok", None if folder is None else str(folder)))
+        return study
+    outcome, value = distributed.broadcast(None)
+    if outcome == "error":
+        raise value
+    if value is not None:
+        try:
+            entry = open_entry(Path(value))
+            log.info("study %s mapped from rank 0's slice cache entry %s", path, value)
+            return MappedStudy(entry.images, list(entry.ids))
+        except (OSError, ValueError, KeyError, TypeError) as exc:   # a cache folder that nodes do not share
+            log.warning("rank 0's slice cache entry %s is not readable here (%s): reading %s", value, exc, path)
+    return read()

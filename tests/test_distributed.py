@@ -368,10 +368,62 @@ def test_two_processes_train_a_project_and_record_one_run(demo8, tmp_path):
         runs = p.runs
     assert len(runs) == 1 and runs[0]["summary"]["status"] == "done" and runs[0]["summary"]["pixel_labels"] == 1
     assert len(list((project / "pixel_labels").rglob("*.png"))) == 1
+    entries = [json.loads(m.read_text())["inputs"] for m in Path(os.environ["COVIDSEG_CACHE_DIR"]).glob("*/entry.json")]
+    study = str((demo8 / "volume" / "ct.nii.gz").resolve())
+    assert any(e.get("study") and e["path"] == study for e in entries)    # rank 1 mapped it, rank 0 decoded it
     one = _command(["-m", "covidseg_core", "--quiet", *TRAIN, "--project", str(_demo_project(demo8, tmp_path / "p1")),
                     "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     assert _files(run) == _files(tmp_path / "one")
+
+
+def test_ranks_other_than_0_map_rank_0s_studies_from_the_slice_cache(demo8, tmp_path, two_ranks, monkeypatch):
+    """train --project under torchrun: rank 0 decodes each study once, the others map its slices (issue 17)."""
+    from covidseg_core.data import data_fingerprint
+    from covidseg_core.io import loader
+    from covidseg_core.project.studies import project_slices
+    from covidseg_core.slice_cache import MappedStudy
+    from covidseg_core.study import Study
+
+    project, cache = _demo_project(demo8, tmp_path / "project"), tmp_path / "cache"
+    sent = []
+    two_ranks(0)
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: sent.append(obj) or obj)
+    with Project.open(project, read_only=True) as p:
+        rank0 = project_slices(p, cache_dir=cache)
+        assert isinstance(rank0.parts[0].study, Study) and len(sent) == 1 and sent[0][0] == "ok"
+        assert Path(sent[0][1]).parent == cache and (Path(sent[0][1]) / "images.npy").is_file()
+
+        two_ranks(1)           # rank 1 receives rank 0's message and must not decode the study
+        monkeypatch.setattr(distributed, "broadcast", lambda obj: sent[0])
+        monkeypatch.setattr(loader, "open_study", lambda *a, **k: pytest.fail("rank 1 decoded the study"))
+        rank1 = project_slices(p, cache_dir=cache)
+    assert isinstance(rank1.parts[0].study, MappedStudy)
+    np.testing.assert_array_equal(rank1.slices.images, rank0.slices.images)
+    assert data_fingerprint(rank1.slices) == data_fingerprint(rank0.slices)     # what _pixel_labels compares
+
+
+def test_a_study_rank_0_cannot_read_is_left_out_on_every_rank(demo8, tmp_path, two_ranks, monkeypatch):
+    from covidseg_core.project.studies import project_slices
+
+    project, cache = _demo_project(demo8, tmp_path / "project"), tmp_path / "cache"
+    gone = tmp_path / "gone.nii.gz"
+    gone.write_bytes((demo8 / "volume" / "ct.nii.gz").read_bytes())
+    with Project.open(project) as p:
+        p.add_source(gone, "nifti")
+    gone.unlink()                   # moved or deleted since it was added
+    sent = []
+    two_ranks(0)
+    monkeypatch.setattr(distributed, "broadcast", lambda obj: sent.append(obj) or obj)
+    with Project.open(project, read_only=True) as p:
+        rank0 = project_slices(p, cache_dir=cache)
+        two_ranks(1)
+        replies = iter(sent)
+        monkeypatch.setattr(distributed, "broadcast", lambda obj: next(replies))
+        rank1 = project_slices(p, cache_dir=cache)
+    assert [m[0] for m in sent] == ["ok", "error"]
+    assert len(rank0.skipped) == len(rank1.skipped) == 1 and "missing" in rank1.skipped[0]
+    assert len(rank1.slices) == len(rank0.slices) == 8
 
 
 @needs_gloo

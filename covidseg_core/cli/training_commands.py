@@ -127,6 +127,13 @@ def _slice_loader(args):
     return partial(load_slice_set_cached, cache_dir=args.cache_dir)
 
 
+def _cache_dir(args):
+    """The slice cache folder of a `train --project` (None with --no-cache)."""
+    from ..slice_cache import default_cache_dir
+
+    return None if args.no_cache else (args.cache_dir or default_cache_dir())
+
+
 def _train_project(args, cfg) -> int:
     from .. import distributed
     from ..errors import InputError
@@ -137,7 +144,7 @@ def _train_project(args, cfg) -> int:
                          "corrections.", "Add labels with: covidseg project add PROJECT STUDY --labels CSV.")
     # under torchrun rank 0 alone writes the project and the run (project_training.py)
     with distributed.session(args.device) as device, open_for_training(args.project) as project:
-        metrics = run_job(project_train_job(project, args.out, cfg, device=device),
+        metrics = run_job(project_train_job(project, args.out, cfg, device=device, cache_dir=_cache_dir(args)),
                           quiet=args.quiet or not distributed.is_writer())
         if distributed.is_writer():
             print_json({"run": str(args.out), **(metrics or {})})

@@ -43,15 +43,23 @@ def study_name(project, source_id: str) -> str:
     return name or source_id
 
 
-def open_source(project, source_id: str) -> Study:
-    """Read a study of the project where it is now (InputError naming the study when it moved or vanished)."""
+def open_source(project, source_id: str, cache_dir=None) -> Study:
+    """Read a study of the project where it is now (InputError naming the study when it moved or vanished).
+    With `cache_dir`, under torchrun the ranks other than 0 get rank 0's slices from the slice cache instead
+    (slice_cache.open_study_shared: a MappedStudy, enough to train on)."""
     from ..io.loader import open_study
+    from ..slice_cache import open_study_shared
 
     path = project.source_path(source_id)
-    if not path.exists():
-        raise InputError(f"The study {source_id} ({path}) is missing: it was moved or deleted.",
-                         "Put it back, or point the project at its new place (the app's Studies panel: Locate…).")
-    return open_study(path, series_uid=project.source(source_id).get("series_uid"))
+    series_uid = project.source(source_id).get("series_uid")
+
+    def read() -> Study:
+        if not path.exists():
+            raise InputError(f"The study {source_id} ({path}) is missing: it was moved or deleted.",
+                             "Put it back, or point the project at its new place (the app's Studies panel: Locate…).")
+        return open_study(path, series_uid=series_uid)
+
+    return open_study_shared(path, series_uid, read, cache_dir)
 
 
 def import_labels(project, source_id: str, study: Study) -> int:
@@ -203,11 +211,12 @@ def common_shape(shapes: list[tuple[int, int]]) -> tuple[int, int]:
     return max(set(shapes), key=lambda s: (shapes.count(s), s[0] * s[1]))
 
 
-def project_slices(project, studies: dict[str, Study] | None = None, source_ids: list[str] | None = None
-                   ) -> ProjectSlices:
+def project_slices(project, studies: dict[str, Study] | None = None, source_ids: list[str] | None = None,
+                   cache_dir=None) -> ProjectSlices:
     """Every study's slices in [0, 1] with the project's labels, as one SliceSet (groups: the study, so the
     validation split goes by study when there are several). `studies` may pass studies already read (the app
-    does). A study that is missing or unreadable is left out and named in `skipped`; none readable is an error."""
+    does). A study that is missing or unreadable is left out and named in `skipped`; none readable is an error.
+    `cache_dir`: the slice cache that torchrun's ranks share the studies through (open_source)."""
     studies = dict(studies or {})
     ids = source_ids if source_ids is not None else [s["id"] for s in project.sources]
     if not ids:
@@ -218,7 +227,7 @@ def project_slices(project, studies: dict[str, Study] | None = None, source_ids:
         study = studies.get(sid)
         if study is None:
             try:
-                study = open_source(project, sid)
+                study = open_source(project, sid, cache_dir)
             except CovidSegError as exc:
                 skipped.append(f"study {sid} left out: {exc.message}")
                 continue
