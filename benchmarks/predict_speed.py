@@ -14,7 +14,7 @@ OpenVINO is not a dependency of the product; the benchmark measures it when it i
 "not run". To measure it: `.venv/bin/pip install openvino==2026.4.1`.
 
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/predict_speed.py --out out/predict_speed [--size 256] \
-      [--variants engine,compile,openvino]
+      [--variants engine,compile,openvino,mirror]
 
 `--size` is the run's working size: 128 (the default; width 16) is what a budgeted CPU run trains at, 256 (the
 model's default width) the fixed schedule's and CUDA's.
@@ -84,11 +84,11 @@ def time_loop(lm, images, batch_size) -> float:
     return run_loop(lm, images, batch_size)[0]
 
 
-def run_loop(lm, images, batch_size) -> tuple[float, np.ndarray]:
+def run_loop(lm, images, batch_size, flip_average: bool = False) -> tuple[float, np.ndarray]:
     """Seconds of the network loop (batching, resize to the working size and back, sigmoid) and its
     probabilities."""
     t0 = time.monotonic()
-    prob = drive(predict_probabilities(lm, images, batch_size))
+    prob = drive(predict_probabilities(lm, images, batch_size, flip_average=flip_average))
     return time.monotonic() - t0, prob
 
 
@@ -293,6 +293,13 @@ def main(argv=None) -> int:
         make_run(unet_run, dataclasses.replace(cfg, model="unet", base=None), images[:2])
         for name, engine in (("standard U-Net, torch eager fp32", "torch"), ("standard U-Net, onnxruntime fp32", "auto")):
             variants[name] = time_loop(load_run_model(unet_run, "cpu", "fp32", engine=engine), images, None) * scale
+    if "mirror" in wanted:
+        # the masks' mirror averaging (predict.MIRROR_AVERAGE) against one pass, the CPU's engine, interleaved
+        mirror_lm = load_run_model(run, "cpu", "fp32")
+        for _ in range(2):
+            for flip in (False, True):
+                name = f"{mirror_lm.engine} fp32, mirror averaging {'on' if flip else 'off'}"
+                variants[name] = min(run_loop(mirror_lm, images, None, flip)[0] * scale, variants.get(name, 1e9))
     if "precision" in wanted:
         for prec in ("fp32", "bf16"):
             model = load_run_model(run, "cpu", prec, engine="torch")
