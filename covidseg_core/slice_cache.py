@@ -233,33 +233,38 @@ def load_slice_set_cached(path: str | Path, labels_csv: str | Path | None = None
     path = Path(path)
     if not distributed.active():
         return _find_or_build(path, labels_csv, cache_dir)[0]
+    slices, folder = _from_rank_0(lambda: _find_or_build(path, labels_csv, cache_dir))
     if distributed.is_writer():
-        try:
-            slices, folder = _find_or_build(path, labels_csv, cache_dir)
-        except Exception as exc:
-            _share_error(exc)
-            raise
-        distributed.broadcast(("ok", None if folder is None else str(folder)))
         return slices
-    outcome, value = distributed.broadcast(None)
-    if outcome == "error":
-        raise value
-    if value is None:
+    if folder is None:
         return _plain(path, labels_csv, "rank 0 did not use the cache")
     try:
-        return open_entry(Path(value))
+        return open_entry(folder)
     except (OSError, ValueError, KeyError, TypeError) as exc:   # a cache folder that is not shared between nodes
-        return _plain(path, labels_csv, f"rank 0's entry {value} is not readable here: {exc}; give --cache-dir "
+        return _plain(path, labels_csv, f"rank 0's entry {folder} is not readable here: {exc}; give --cache-dir "
                       "a folder all nodes see")
 
 
-def _share_error(exc: Exception) -> None:
-    """Rank 0's failure to read, sent to the other ranks waiting in a broadcast: each then raises it too."""
-    try:
-        pickle.dumps(exc)
-        distributed.broadcast(("error", exc))
-    except Exception:
-        distributed.broadcast(("error", RuntimeError(f"rank 0 could not read the data: {exc}")))
+def _from_rank_0(publish: Callable[[], tuple[object, Path | None]]) -> tuple[object, Path | None]:
+    """Under torchrun: rank 0 runs `publish` -> (its result, the cache entry it found or wrote, or None) and tells
+    the other ranks where the entry is; they get (None, the entry or None), or raise rank 0's error, so that a
+    failure to read ends (or leaves out) the same thing on every rank."""
+    if distributed.is_writer():
+        try:
+            result, folder = publish()
+        except Exception as exc:
+            try:
+                pickle.dumps(exc)
+                distributed.broadcast(("error", exc))
+            except Exception:
+                distributed.broadcast(("error", RuntimeError(f"rank 0 could not read the data: {exc}")))
+            raise
+        distributed.broadcast(("ok", None if folder is None else str(folder)))
+        return result, folder
+    outcome, value = distributed.broadcast(None)
+    if outcome == "error":
+        raise value
+    return None, None if value is None else Path(value)
 
 
 @dataclass
@@ -318,23 +323,18 @@ def open_study_shared(path: str | Path, series_uid: str | None, read: Callable[[
     rank 0's error, so that every rank leaves the same studies out."""
     if not distributed.active() or cache_dir is None:
         return read()
+    def publish():
+        study = read()
+        return study, _study_entry(Path(path), series_uid, study, cache_dir)
+
+    study, folder = _from_rank_0(publish)
     if distributed.is_writer():
-        try:
-            study = read()
-            folder = _study_entry(Path(path), series_uid, study, cache_dir)
-        except Exception as exc:
-            _share_error(exc)
-            raise
-        distributed.broadcast(("ok", None if folder is None else str(folder)))
         return study
-    outcome, value = distributed.broadcast(None)
-    if outcome == "error":
-        raise value
-    if value is not None:
+    if folder is not None:
         try:
-            entry = open_entry(Path(value))
-            log.info("study %s mapped from rank 0's slice cache entry %s", path, value)
+            entry = open_entry(folder)
+            log.info("study %s mapped from rank 0's slice cache entry %s", path, folder)
             return MappedStudy(entry.images, list(entry.ids))
         except (OSError, ValueError, KeyError, TypeError) as exc:   # a cache folder that nodes do not share
-            log.warning("rank 0's slice cache entry %s is not readable here (%s): reading %s", value, exc, path)
+            log.warning("rank 0's slice cache entry %s is not readable here (%s): reading %s", folder, exc, path)
     return read()
