@@ -180,9 +180,19 @@ def _find_or_build(path: Path, labels_csv, cache_dir) -> tuple[SliceSet, Path | 
     except OSError as exc:      # missing or unreadable data: load_slice_set says what is wrong in its own words
         log.info("slice cache not used: cannot list %s (%s)", path, exc)
         return load_slice_set(path, labels_csv), None
+    slices, folder = _entry(cache, inputs, lambda: load_slice_set(path, labels_csv))
+    if slices is None:
+        return _plain(path, labels_csv, f"the cache folder {cache} lies inside the data, never written"), None
+    return slices, folder
+
+
+def _entry(cache: Path, inputs: dict, build: Callable[[], SliceSet]) -> tuple[SliceSet | None, Path | None]:
+    """The entry of `inputs` in `cache`: (its mapped SliceSet, its folder) when it is there and whole, else
+    `build()` written as it (older entries of the same data dropped); (what build gave, None) when the cache
+    cannot be written; (None, None) when the cache folder lies inside the data."""
     src, where = Path(inputs["path"]), cache.resolve()
     if where == src or src in where.parents:
-        return _plain(path, labels_csv, f"the cache folder {cache} lies inside the data, never written"), None
+        return None, None
     folder = cache / entry_key(inputs)
     try:
         slices = open_entry(folder)
@@ -193,12 +203,12 @@ def _find_or_build(path: Path, labels_csv, cache_dir) -> tuple[SliceSet, Path | 
             log.warning("slice cache entry %s is damaged (%s): rebuilding it", folder, exc)
     shutil.rmtree(folder, ignore_errors=True)
     started = time.monotonic()
-    slices = load_slice_set(path, labels_csv)
+    slices = build()
     try:
         write_entry(folder, slices, inputs)
         cached = open_entry(folder)
     except (OSError, ValueError) as exc:
-        log.warning("slice cache folder %s cannot be written (%s): the data was read without it", cache, exc)
+        log.warning("slice cache folder %s cannot be written (%s): %s is read without it", cache, exc, src)
         return slices, None
     log.info("slice cache entry %s written (%d slices, %.1f s)", folder, len(slices), time.monotonic() - started)
     _drop_stale(cache, folder.name, inputs)
@@ -288,31 +298,17 @@ class MappedStudy:
 
 def _study_entry(path: Path, series_uid: str | None, study, cache_dir) -> Path | None:
     """Rank 0: the entry of `study`'s slices in [0, 1], found or written now; None when the cache cannot serve."""
-    cache = Path(cache_dir).expanduser()
     try:
         inputs = {**source_inputs(path), "study": True, "series_uid": series_uid}
     except OSError as exc:
         log.info("slice cache not used: cannot list %s (%s)", path, exc)
         return None
-    src = Path(inputs["path"])
-    if cache.resolve() == src or src in cache.resolve().parents:
-        log.warning("slice cache not used: the cache folder %s lies inside the study %s", cache, src)
-        return None
-    folder = cache / entry_key(inputs)
-    try:
-        open_entry(folder)
-        return folder
-    except (OSError, ValueError, KeyError, TypeError):
-        shutil.rmtree(folder, ignore_errors=True)
     n = study.n_slices
-    slices = SliceSet(images=np.asarray(study.unit_range(), dtype=np.float32), ids=list(study.slice_ids),
-                      labels=[None] * n, groups=[""] * n)
-    try:
-        write_entry(folder, slices, inputs)
-    except (OSError, ValueError) as exc:
-        log.warning("slice cache folder %s cannot be written (%s): every rank reads %s itself", cache, exc, path)
-        return None
-    _drop_stale(cache, folder.name, inputs)
+    folder = _entry(Path(cache_dir).expanduser(), inputs, lambda: SliceSet(
+        images=np.asarray(study.unit_range(), dtype=np.float32), ids=list(study.slice_ids), labels=[None] * n,
+        groups=[""] * n))[1]
+    if folder is None:
+        log.warning("slice cache %s not used for the study %s: every rank reads it itself", cache_dir, path)
     return folder
 
 
@@ -323,6 +319,7 @@ def open_study_shared(path: str | Path, series_uid: str | None, read: Callable[[
     rank 0's error, so that every rank leaves the same studies out."""
     if not distributed.active() or cache_dir is None:
         return read()
+
     def publish():
         study = read()
         return study, _study_entry(Path(path), series_uid, study, cache_dir)
